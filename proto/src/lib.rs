@@ -1,0 +1,56 @@
+//! Generated gRPC types and services.
+//!
+//! - [`kv`]: the public KV API served by `kvrouter` (service `Kv`).
+//! - [`node`]: what `kvnode` serves: data RPCs naming a shard group (service `Node`) and the
+//!   multi-raft transport (service `Raft`).
+//!
+//! Message size limits are set by each server and client; [`MAX_MESSAGE_BYTES`] is the one
+//! value they share, sized above the largest allowed value plus framing.
+
+/// The generated modules, nested as their protobuf packages so cross-package paths resolve.
+pub mod pb {
+    pub mod kv {
+        pub mod v1 {
+            tonic::include_proto!("kv.v1");
+        }
+        pub mod node {
+            pub mod v1 {
+                tonic::include_proto!("kv.node.v1");
+            }
+        }
+    }
+}
+
+/// Public KV API.
+pub use pb::kv::v1 as kv;
+/// Node protocol: data RPCs per group, and Raft transport.
+pub use pb::kv::node::v1 as node;
+
+/// Largest gRPC message any of our servers or clients encode or decode.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Metadata keys carried on error statuses, so that callers never parse messages.
+pub mod meta {
+    /// A stable error code (see [`super::codes`]).
+    pub const ERROR_CODE: &str = "kv-error-code";
+    /// On `NOT_LEADER`: the leader's node id, when known.
+    pub const LEADER_ID: &str = "kv-leader-id";
+    /// On `NOT_LEADER`: the leader's address, when known.
+    pub const LEADER_ADDR: &str = "kv-leader-addr";
+    /// On `CONDITION_FAILED`: the key's current version (0: absent).
+    pub const CURRENT_VERSION: &str = "kv-current-version";
+}
+
+/// Stable error codes, sent in [`meta::ERROR_CODE`].
+pub mod codes {
+    pub const NOT_LEADER: &str = "NOT_LEADER";
+    pub const UNKNOWN_GROUP: &str = "UNKNOWN_GROUP";
+    pub const STALE_EPOCH: &str = "STALE_EPOCH";
+    pub const INVALID_KEY: &str = "INVALID_KEY";
+    pub const INVALID_VALUE: &str = "INVALID_VALUE";
+    pub const INVALID_RANGE: &str = "INVALID_RANGE";
+    pub const UNKNOWN_KEYSPACE: &str = "UNKNOWN_KEYSPACE";
+    pub const CONDITION_FAILED: &str = "CONDITION_FAILED";
+    pub const NO_QUORUM: &str = "NO_QUORUM";
+    pub const NOT_READY: &str = "NOT_READY";
+}
