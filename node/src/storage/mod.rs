@@ -1,0 +1,36 @@
+//! Storage on sled: one database per node, trees per group (layout in [`crate::keys`]).
+//!
+//! - [`LogStore`]: a group's Raft log and vote (`RaftLogStorage`).
+//! - [`StateMachine`]: a group's data and applied state (`RaftStateMachine`), and snapshots.
+//! - [`Flusher`]: group commit, one flush for the appends of every group.
+
+mod flusher;
+mod log_store;
+mod state_machine;
+
+pub use flusher::{FlushStats, Flusher};
+pub use log_store::LogStore;
+pub use state_machine::{GroupData, StateMachine};
+
+use openraft::{ErrorSubject, ErrorVerb};
+
+use crate::types::{NodeId, StorageError};
+
+pub(crate) fn sto_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
+}
+
+pub(crate) fn read_err(subject: ErrorSubject<NodeId>, e: impl std::error::Error + 'static) -> StorageError {
+    sto_err(subject, ErrorVerb::Read, e)
+}
+
+pub(crate) fn ser<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    bincode::serialize(v).map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Write, e))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,380 @@
+//! A group's state machine on sled: the user data tree and its applied state, implementing
+//! openraft's `RaftStateMachine`, with snapshots built from and installed into the data tree.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::{read_err, ser, sto_err, Flusher};
+use crate::keys;
+use crate::types::{
+    Entry, GroupId, LogId, Op, OpResult, Request, Response, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+
+/// What a snapshot holds: the applied state and every key with its stored value.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    cluster_map: Option<Vec<u8>>,
+    kvs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A snapshot as kept on disk, so it survives restarts and can be sent to followers.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The parts of a group's state that readers share with the state machine.
+#[derive(Clone)]
+pub struct GroupData {
+    pub data: sled::Tree,
+    sm: sled::Tree,
+    applied: Arc<AtomicU64>,
+}
+
+impl GroupData {
+    /// The index of the last entry applied to the data tree.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// A key's stored (version, value).
+    pub fn get(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, sled::Error> {
+        Ok(self.data.get(key)?.and_then(|raw| {
+            keys::decode_value(&raw).map(|(version, value)| (version, value.to_vec()))
+        }))
+    }
+
+    /// The cluster map stored by this (meta) group, as JSON.
+    pub fn cluster_map(&self) -> Result<Option<sled::IVec>, sled::Error> {
+        self.sm.get(keys::CLUSTER_MAP)
+    }
+}
+
+/// One group's state machine.
+pub struct StateMachine {
+    group: GroupId,
+    shared: GroupData,
+    flusher: Flusher,
+    snapshot_seq: u64,
+}
+
+impl StateMachine {
+    pub fn open(db: &sled::Db, group: GroupId, flusher: Flusher) -> Result<StateMachine, StorageError> {
+        let open = |name: String| {
+            db.open_tree(name)
+                .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+        };
+        let data = open(keys::data_tree(group))?;
+        let sm = open(keys::sm_tree(group))?;
+        let mut me = StateMachine {
+            group,
+            shared: GroupData {
+                data,
+                sm,
+                applied: Arc::new(AtomicU64::new(0)),
+            },
+            flusher,
+            snapshot_seq: 0,
+        };
+        // A crash in the middle of installing a snapshot leaves the marker: finish the job
+        // from the stored snapshot before anyone reads the half-written data tree.
+        if me.shared.sm.get(keys::INSTALLING).map_err(|e| read_err(ErrorSubject::StateMachine, e))?.is_some() {
+            if let Some(stored) = me.stored_snapshot()? {
+                tracing::warn!(group, "resuming an interrupted snapshot install");
+                me.install_body(&stored.data)?;
+            }
+        }
+        let (applied, _) = me.read_applied()?;
+        me.shared.applied.store(applied.map_or(0, |l| l.index), Ordering::Release);
+        Ok(me)
+    }
+
+    pub fn data(&self) -> GroupData {
+        self.shared.clone()
+    }
+
+    fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let sm = &self.shared.sm;
+        let get = |key: &[u8]| sm.get(key).map_err(|e| read_err(ErrorSubject::StateMachine, e));
+        let applied = match get(keys::APPLIED)? {
+            Some(raw) => bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?,
+            None => None,
+        };
+        let membership = match get(keys::MEMBERSHIP)? {
+            Some(raw) => bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let raw = self
+            .shared
+            .sm
+            .get(keys::SNAPSHOT)
+            .map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+        raw.map(|r| bincode::deserialize(&r))
+            .transpose()
+            .map_err(|e| read_err(ErrorSubject::StateMachine, e))
+    }
+
+    /// Replaces the data tree and applied state with a snapshot's. Not atomic in sled, hence
+    /// the `installing` marker, set before and cleared after, with the snapshot stored first.
+    fn install_body(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        let werr = |e: sled::Error| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e);
+        let body: SnapshotBody =
+            bincode::deserialize(data).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+        let sm = &self.shared.sm;
+        sm.insert(keys::INSTALLING, &b"1"[..]).map_err(werr)?;
+        self.shared.data.clear().map_err(werr)?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in body.kvs {
+            batch.insert(k, v);
+        }
+        self.shared.data.apply_batch(batch).map_err(werr)?;
+        sm.insert(keys::APPLIED, ser(&body.last_applied)?).map_err(werr)?;
+        sm.insert(keys::MEMBERSHIP, ser(&body.membership)?).map_err(werr)?;
+        match body.cluster_map {
+            Some(m) => sm.insert(keys::CLUSTER_MAP, m).map(|_| ()),
+            None => sm.remove(keys::CLUSTER_MAP).map(|_| ()),
+        }
+        .map_err(werr)?;
+        sm.remove(keys::INSTALLING).map_err(werr)?;
+        self.shared
+            .applied
+            .store(body.last_applied.map_or(0, |l| l.index), Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Applies one op inside the apply transaction.
+fn apply_op(
+    data: &TransactionalTree,
+    op: &Op,
+    index: u64,
+) -> Result<OpResult, ConflictableTransactionError<()>> {
+    let current = data.get(op.key())?;
+    let previous_version = current
+        .as_deref()
+        .and_then(keys::decode_value)
+        .map_or(0, |(v, _)| v);
+    let expected = match op {
+        Op::Put { expected_version, .. } | Op::Delete { expected_version, .. } => *expected_version,
+    };
+    let existed = current.is_some();
+    if expected.is_some_and(|e| e != previous_version) {
+        return Ok(OpResult {
+            version: 0,
+            existed,
+            condition_failed: true,
+            previous_version,
+        });
+    }
+    match op {
+        Op::Put { key, value, .. } => {
+            data.insert(key.as_slice(), keys::encode_value(index, value))?;
+        }
+        Op::Delete { key, .. } => {
+            data.remove(key.as_slice())?;
+        }
+    }
+    Ok(OpResult {
+        version: index,
+        existed,
+        condition_failed: false,
+        previous_version,
+    })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.read_applied()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let applied_raw = ser(&Some(last))?;
+        let mut membership_raw = None;
+        for e in &entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                membership_raw = Some(ser(&StoredMembership::new(Some(e.log_id), m.clone()))?);
+            }
+        }
+        // Data and the applied marker change in one transaction, so a crash never leaves them
+        // disagreeing. The closure may run more than once on conflict: it must not have effects
+        // outside the transaction.
+        let result: Result<Vec<Response>, TransactionError<()>> =
+            (&self.shared.data, &self.shared.sm).transaction(|(data, sm)| {
+                let mut responses = Vec::with_capacity(entries.len());
+                for e in &entries {
+                    let resp = match &e.payload {
+                        EntryPayload::Blank | EntryPayload::Membership(_) => Response::None,
+                        EntryPayload::Normal(Request::Write { ops }) => Response::Write(
+                            ops.iter()
+                                .map(|op| apply_op(data, op, e.log_id.index))
+                                .collect::<Result<_, _>>()?,
+                        ),
+                        EntryPayload::Normal(Request::SetClusterMap { epoch, map_json }) => {
+                            let current = sm
+                                .get(keys::CLUSTER_MAP)?
+                                .and_then(|raw| serde_json::from_slice::<shardmap::ClusterMap>(&raw).ok())
+                                .map_or(0, |m| m.epoch);
+                            let stored = *epoch > current;
+                            if stored {
+                                sm.insert(keys::CLUSTER_MAP, map_json.as_slice())?;
+                            }
+                            Response::ClusterMap { stored }
+                        }
+                    };
+                    responses.push(resp);
+                }
+                sm.insert(keys::APPLIED, applied_raw.as_slice())?;
+                if let Some(m) = &membership_raw {
+                    sm.insert(keys::MEMBERSHIP, m.as_slice())?;
+                }
+                Ok(responses)
+            });
+        let responses = result.map_err(|e| {
+            sto_err(
+                ErrorSubject::Apply(last),
+                ErrorVerb::Write,
+                std::io::Error::other(format!("{e:?}")),
+            )
+        })?;
+        self.shared.applied.store(last.index, Ordering::Release);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Openraft calls this between applies and then builds in the background: copy the state
+        // now so the snapshot is exactly the state at `last_applied`. This costs memory in
+        // proportion to the group's data; a streaming snapshot of a sled checkpoint would not.
+        self.snapshot_seq += 1;
+        let copy = (|| -> Result<SnapshotBody, StorageError> {
+            let (last_applied, membership) = self.read_applied()?;
+            let cluster_map = self
+                .shared
+                .cluster_map()
+                .map_err(|e| read_err(ErrorSubject::StateMachine, e))?
+                .map(|v| v.to_vec());
+            let mut kvs = Vec::new();
+            for item in self.shared.data.iter() {
+                let (k, v) = item.map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+                kvs.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(SnapshotBody {
+                last_applied,
+                membership,
+                cluster_map,
+                kvs,
+            })
+        })();
+        SnapshotBuilder {
+            group: self.group,
+            body: copy,
+            sm: self.shared.sm.clone(),
+            flusher: self.flusher.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.shared
+            .sm
+            .insert(keys::SNAPSHOT, ser(&stored)?)
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+        self.install_body(&stored.data)?;
+        self.flusher
+            .wait_durable()
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+        tracing::info!(group = self.group, snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.stored_snapshot()?.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+/// Serializes a snapshot copied by [`StateMachine::get_snapshot_builder`] and stores it.
+pub struct SnapshotBuilder {
+    group: GroupId,
+    body: Result<SnapshotBody, StorageError>,
+    sm: sled::Tree,
+    flusher: Flusher,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let body = std::mem::replace(
+            &mut self.body,
+            Err(read_err(
+                ErrorSubject::Snapshot(None),
+                std::io::Error::other("snapshot builder used twice"),
+            )),
+        )?;
+        let data = ser(&body)?;
+        let snapshot_id = match body.last_applied {
+            Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
+            None => format!("{}-0-0-{}", self.group, self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: body.last_applied,
+            last_membership: body.membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot { meta, data };
+        let werr = |e: &dyn std::fmt::Display| {
+            sto_err(
+                ErrorSubject::Snapshot(None),
+                ErrorVerb::Write,
+                std::io::Error::other(e.to_string()),
+            )
+        };
+        self.sm.insert(keys::SNAPSHOT, ser(&stored)?).map_err(|e| werr(&e))?;
+        self.flusher.wait_durable().await.map_err(|e| werr(&e))?;
+        tracing::info!(group = self.group, snapshot = %stored.meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}

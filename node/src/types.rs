@@ -1,0 +1,99 @@
+//! The Raft type configuration and the commands a group's log carries.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+pub use shardmap::{GroupId, NodeId};
+
+openraft::declare_raft_types!(
+    /// Type configuration shared by every group on a node.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// One write operation inside a [`Request::Write`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected_version: Option<u64>,
+    },
+    Delete {
+        key: Vec<u8>,
+        expected_version: Option<u64>,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A command in a group's Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Data operations, applied in order as one atomic batch.
+    Write { ops: Vec<Op> },
+    /// Meta group only: store this cluster map (JSON) if its epoch is newer than the stored one.
+    SetClusterMap { epoch: u64, map_json: Vec<u8> },
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Write { ops } => write!(f, "write({} ops)", ops.len()),
+            Request::SetClusterMap { epoch, .. } => write!(f, "set_cluster_map(epoch {epoch})"),
+        }
+    }
+}
+
+/// The outcome of one [`Op`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpResult {
+    /// The key's new version (the entry's log index); 0 when the condition failed.
+    pub version: u64,
+    pub existed: bool,
+    pub condition_failed: bool,
+    /// The key's version before the operation, 0 when absent.
+    pub previous_version: u64,
+}
+
+/// What applying an entry returns to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Response {
+    #[default]
+    None,
+    Write(Vec<OpResult>),
+    /// Whether the proposed map was stored (false: an equal or newer epoch was already there).
+    ClusterMap { stored: bool },
+}
+
+impl fmt::Display for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Response::None => f.write_str("none"),
+            Response::Write(r) => write!(f, "write({} results)", r.len()),
+            Response::ClusterMap { stored } => write!(f, "cluster_map(stored: {stored})"),
+        }
+    }
+}
