@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(log_tree(3), "g3.log");
         assert_eq!(data_tree(12), "g12.data");
         assert_eq!(log_key(258), [0, 0, 0, 0, 0, 0, 1, 2]);
-        assert_eq!(encode_value(5, b"ab"), vec![0, 0, 0, 0, 0, 0, 0, 5, b'a', b'b']);
+        assert_eq!(
+            encode_value(5, b"ab"),
+            vec![0, 0, 0, 0, 0, 0, 0, 5, b'a', b'b']
+        );
     }
 
     #[test]

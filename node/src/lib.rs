@@ -1,9 +1,63 @@
 //! The storage node: many openraft groups per process on one sled database.
 //!
-//! - [`types`]: the Raft type configuration and log commands.
-//! - [`keys`]: the on-disk layout.
+//! - [`node`]: the runtime: configuration, hosted groups, bootstrap, reads and writes.
+//! - [`service`]: the gRPC services (data RPCs per group, the Raft transport).
+//! - [`network`]: the outgoing multi-raft transport, one connection per peer node.
 //! - [`storage`]: the sled log store, state machine and group-commit flusher.
+//! - [`keys`]: the on-disk layout.
+//! - [`types`]: the Raft type configuration and log commands.
+//! - [`error`]: the node's errors and their mapping to gRPC statuses.
+//! - [`http`]: health, readiness and metrics.
 
+// openraft's StorageError is large and is the error type its traits demand.
+#![allow(clippy::result_large_err)]
+
+pub mod error;
+pub mod http;
 pub mod keys;
+pub mod network;
+pub mod node;
+pub mod service;
 pub mod storage;
 pub mod types;
+
+use kv_proto::node::node_server::NodeServer;
+use kv_proto::node::raft_server::RaftServer;
+use kv_proto::MAX_MESSAGE_BYTES;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use node::{NodeConfig, RaftTuning};
+
+/// Runs a node until `shutdown` is cancelled: starts its groups, then serves gRPC on `listener`
+/// and HTTP on `http` if given.
+pub async fn run(
+    config: NodeConfig,
+    listener: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), error::NodeError> {
+    let node = node::Node::start(config, shutdown.clone()).await?;
+    if let Some(http) = http {
+        let (node, shutdown) = (node.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(http, node, shutdown).await {
+                tracing::error!(error = %e, "http server");
+            }
+        });
+    }
+    let node_svc = NodeServer::new(service::NodeService { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft_svc = RaftServer::new(service::RaftService { node: node.clone() })
+        .max_decoding_message_size(network::RAFT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(network::RAFT_MAX_MESSAGE_BYTES);
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(node_svc)
+        .add_service(raft_svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    node.shutdown().await;
+    served.map_err(|e| error::NodeError::Fatal(format!("grpc server: {e}")))
+}

@@ -1,1 +1,165 @@
-fn main() {}
+//! `kvnode`: parses flags and runs a storage node.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use kvnode::{NodeConfig, RaftTuning};
+use shardmap::Limits;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvnode",
+    version,
+    about = "Storage node: hosts Raft shard groups on sled"
+)]
+struct Args {
+    /// This node's id (a positive integer named in --initial-cluster).
+    #[arg(long, env = "KVNODE_ID")]
+    id: u64,
+    /// Address for gRPC (data and Raft traffic).
+    #[arg(long, env = "KVNODE_LISTEN")]
+    listen: String,
+    /// Directory for this node's data; created if missing.
+    #[arg(long, env = "KVNODE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The members of a new cluster: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. Read on first start
+    /// only; a restart uses what the data dir recorded.
+    #[arg(long, env = "KVNODE_INITIAL_CLUSTER", default_value = "")]
+    initial_cluster: String,
+    /// Data shard groups of the default keyspace in a new cluster.
+    #[arg(long, env = "KVNODE_SHARDS", default_value_t = 4)]
+    shards: u32,
+    /// Replicas per shard group in a new cluster.
+    #[arg(long, env = "KVNODE_REPLICATION", default_value_t = 3)]
+    replication: usize,
+    /// Address for HTTP /health, /ready and /metrics.
+    #[arg(long, env = "KVNODE_HTTP")]
+    http: Option<String>,
+    /// Build a snapshot after this many applied entries per group.
+    #[arg(long, env = "KVNODE_SNAPSHOT_LOGS", default_value_t = 10_000)]
+    snapshot_logs: u64,
+    /// Log entries kept behind a snapshot.
+    #[arg(long, env = "KVNODE_MAX_LOGS_KEPT", default_value_t = 1_000)]
+    max_logs_kept: u64,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "KVNODE_HEARTBEAT_MS", default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, env = "KVNODE_ELECTION_TIMEOUT_MS", default_value_t = 600)]
+    election_timeout_ms: u64,
+    /// sled page cache size in MiB.
+    #[arg(long, env = "KVNODE_CACHE_MB", default_value_t = 256)]
+    cache_mb: u64,
+    /// Largest key in bytes.
+    #[arg(long, env = "KVNODE_MAX_KEY_BYTES", default_value_t = Limits::default().max_key_bytes)]
+    max_key_bytes: usize,
+    /// Largest value in bytes.
+    #[arg(long, env = "KVNODE_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
+    max_value_bytes: usize,
+    /// How long a request may wait for a quorum, in milliseconds, before UNAVAILABLE.
+    #[arg(long, env = "KVNODE_REQUEST_TIMEOUT_MS", default_value_t = 4_000)]
+    request_timeout_ms: u64,
+}
+
+fn parse_cluster(s: &str) -> anyhow::Result<Vec<(u64, String)>> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|part| {
+            let (id, addr) = part
+                .split_once('=')
+                .with_context(|| format!("--initial-cluster entry {part:?} is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .with_context(|| format!("--initial-cluster entry {part:?}: bad node id"))?;
+            let addr = addr.trim();
+            if !addr.contains(':') {
+                bail!("--initial-cluster entry {part:?}: address must be HOST:PORT");
+            }
+            Ok((id, addr.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,openraft=warn,openraft::replication=off,openraft::engine=error,sled=warn"
+                    .into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.id == 0 {
+        bail!("--id must be a positive integer");
+    }
+    let config = NodeConfig {
+        id: args.id,
+        data_dir: args.data_dir,
+        initial_cluster: parse_cluster(&args.initial_cluster)?,
+        shards: args.shards,
+        replication: args.replication,
+        limits: Limits {
+            max_key_bytes: args.max_key_bytes,
+            max_value_bytes: args.max_value_bytes,
+        },
+        raft: RaftTuning {
+            heartbeat_ms: args.heartbeat_ms,
+            election_timeout_ms: args.election_timeout_ms,
+            snapshot_logs: args.snapshot_logs,
+            max_logs_kept: args.max_logs_kept,
+        },
+        cache_capacity_bytes: args.cache_mb * 1024 * 1024,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let http = match &args.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --http {addr}"))?,
+        ),
+        None => None,
+    };
+    tracing::info!(id = config.id, listen = %listener.local_addr()?, "kvnode starting");
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    kvnode::run(config, listener, http, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

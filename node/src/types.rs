@@ -85,7 +85,9 @@ pub enum Response {
     None,
     Write(Vec<OpResult>),
     /// Whether the proposed map was stored (false: an equal or newer epoch was already there).
-    ClusterMap { stored: bool },
+    ClusterMap {
+        stored: bool,
+    },
 }
 
 impl fmt::Display for Response {

@@ -21,10 +21,10 @@ pub mod pb {
     }
 }
 
-/// Public KV API.
-pub use pb::kv::v1 as kv;
 /// Node protocol: data RPCs per group, and Raft transport.
 pub use pb::kv::node::v1 as node;
+/// Public KV API.
+pub use pb::kv::v1 as kv;
 
 /// Largest gRPC message any of our servers or clients encode or decode.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -67,7 +67,9 @@ fn run(db: sled::Db, rx: mpsc::Receiver<Completion>, stats: &FlushStats) {
         // Everything in `batch` was written before it was queued, so one flush covers it all.
         let res = db.flush().map(|_| ());
         stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.waiters.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .waiters
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         for done in batch.drain(..) {
             done(match &res {
                 Ok(()) => Ok(()),

@@ -24,7 +24,10 @@ pub(crate) fn sto_err(
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
-pub(crate) fn read_err(subject: ErrorSubject<NodeId>, e: impl std::error::Error + 'static) -> StorageError {
+pub(crate) fn read_err(
+    subject: ErrorSubject<NodeId>,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     sto_err(subject, ErrorVerb::Read, e)
 }
 

@@ -70,7 +70,11 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn open(db: &sled::Db, group: GroupId, flusher: Flusher) -> Result<StateMachine, StorageError> {
+    pub fn open(
+        db: &sled::Db,
+        group: GroupId,
+        flusher: Flusher,
+    ) -> Result<StateMachine, StorageError> {
         let open = |name: String| {
             db.open_tree(name)
                 .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
@@ -89,14 +93,22 @@ impl StateMachine {
         };
         // A crash in the middle of installing a snapshot leaves the marker: finish the job
         // from the stored snapshot before anyone reads the half-written data tree.
-        if me.shared.sm.get(keys::INSTALLING).map_err(|e| read_err(ErrorSubject::StateMachine, e))?.is_some() {
+        if me
+            .shared
+            .sm
+            .get(keys::INSTALLING)
+            .map_err(|e| read_err(ErrorSubject::StateMachine, e))?
+            .is_some()
+        {
             if let Some(stored) = me.stored_snapshot()? {
                 tracing::warn!(group, "resuming an interrupted snapshot install");
                 me.install_body(&stored.data)?;
             }
         }
         let (applied, _) = me.read_applied()?;
-        me.shared.applied.store(applied.map_or(0, |l| l.index), Ordering::Release);
+        me.shared
+            .applied
+            .store(applied.map_or(0, |l| l.index), Ordering::Release);
         Ok(me)
     }
 
@@ -106,13 +118,20 @@ impl StateMachine {
 
     fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let sm = &self.shared.sm;
-        let get = |key: &[u8]| sm.get(key).map_err(|e| read_err(ErrorSubject::StateMachine, e));
+        let get = |key: &[u8]| {
+            sm.get(key)
+                .map_err(|e| read_err(ErrorSubject::StateMachine, e))
+        };
         let applied = match get(keys::APPLIED)? {
-            Some(raw) => bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?,
+            Some(raw) => {
+                bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?
+            }
             None => None,
         };
         let membership = match get(keys::MEMBERSHIP)? {
-            Some(raw) => bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?,
+            Some(raw) => {
+                bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?
+            }
             None => StoredMembership::default(),
         };
         Ok((applied, membership))
@@ -143,8 +162,10 @@ impl StateMachine {
             batch.insert(k, v);
         }
         self.shared.data.apply_batch(batch).map_err(werr)?;
-        sm.insert(keys::APPLIED, ser(&body.last_applied)?).map_err(werr)?;
-        sm.insert(keys::MEMBERSHIP, ser(&body.membership)?).map_err(werr)?;
+        sm.insert(keys::APPLIED, ser(&body.last_applied)?)
+            .map_err(werr)?;
+        sm.insert(keys::MEMBERSHIP, ser(&body.membership)?)
+            .map_err(werr)?;
         match body.cluster_map {
             Some(m) => sm.insert(keys::CLUSTER_MAP, m).map(|_| ()),
             None => sm.remove(keys::CLUSTER_MAP).map(|_| ()),
@@ -170,7 +191,12 @@ fn apply_op(
         .and_then(keys::decode_value)
         .map_or(0, |(v, _)| v);
     let expected = match op {
-        Op::Put { expected_version, .. } | Op::Delete { expected_version, .. } => *expected_version,
+        Op::Put {
+            expected_version, ..
+        }
+        | Op::Delete {
+            expected_version, ..
+        } => *expected_version,
     };
     let existed = current.is_some();
     if expected.is_some_and(|e| e != previous_version) {
@@ -237,7 +263,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         EntryPayload::Normal(Request::SetClusterMap { epoch, map_json }) => {
                             let current = sm
                                 .get(keys::CLUSTER_MAP)?
-                                .and_then(|raw| serde_json::from_slice::<shardmap::ClusterMap>(&raw).ok())
+                                .and_then(|raw| {
+                                    serde_json::from_slice::<shardmap::ClusterMap>(&raw).ok()
+                                })
                                 .map_or(0, |m| m.epoch);
                             let stored = *epoch > current;
                             if stored {
@@ -315,12 +343,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .sm
             .insert(keys::SNAPSHOT, ser(&stored)?)
-            .map_err(|e| sto_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+            .map_err(|e| {
+                sto_err(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Write,
+                    e,
+                )
+            })?;
         self.install_body(&stored.data)?;
-        self.flusher
-            .wait_durable()
-            .await
-            .map_err(|e| sto_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+        self.flusher.wait_durable().await.map_err(|e| {
+            sto_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
         tracing::info!(group = self.group, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
@@ -353,7 +390,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         )?;
         let data = ser(&body)?;
         let snapshot_id = match body.last_applied {
-            Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
+            Some(l) => format!(
+                "{}-{}-{}-{}",
+                self.group, l.leader_id.term, l.index, self.seq
+            ),
             None => format!("{}-0-0-{}", self.group, self.seq),
         };
         let meta = SnapshotMeta {
@@ -369,7 +409,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 std::io::Error::other(e.to_string()),
             )
         };
-        self.sm.insert(keys::SNAPSHOT, ser(&stored)?).map_err(|e| werr(&e))?;
+        self.sm
+            .insert(keys::SNAPSHOT, ser(&stored)?)
+            .map_err(|e| werr(&e))?;
         self.flusher.wait_durable().await.map_err(|e| werr(&e))?;
         tracing::info!(group = self.group, snapshot = %stored.meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
         Ok(Snapshot {

@@ -105,7 +105,9 @@ impl ClusterMap {
             return Err(MapError::InvalidCluster("no nodes".into()));
         }
         if shards == 0 {
-            return Err(MapError::InvalidCluster("--shards must be at least 1".into()));
+            return Err(MapError::InvalidCluster(
+                "--shards must be at least 1".into(),
+            ));
         }
         let mut ids: Vec<NodeId> = nodes.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
@@ -146,9 +148,7 @@ impl ClusterMap {
         let mut data_groups = Vec::new();
         for i in 0..shards as usize {
             let id = i as GroupId + 1;
-            let replicas = (0..replication)
-                .map(|j| ids[(i + j) % ids.len()])
-                .collect();
+            let replicas = (0..replication).map(|j| ids[(i + j) % ids.len()]).collect();
             groups.insert(
                 id,
                 GroupInfo {
@@ -224,7 +224,9 @@ impl Placement {
             return Err(MapError::NoGroups(ks.name.clone()));
         }
         match &ks.strategy {
-            Strategy::Hash { vnodes } => Ok(Placement::Hash(HashPlacement::new(&ks.groups, *vnodes))),
+            Strategy::Hash { vnodes } => {
+                Ok(Placement::Hash(HashPlacement::new(&ks.groups, *vnodes)))
+            }
         }
     }
 
@@ -355,7 +357,9 @@ mod tests {
     use super::*;
 
     fn three() -> Vec<(NodeId, String)> {
-        (1..=3).map(|i| (i, format!("127.0.0.1:{}", 7000 + i))).collect()
+        (1..=3)
+            .map(|i| (i, format!("127.0.0.1:{}", 7000 + i)))
+            .collect()
     }
 
     #[test]
@@ -414,7 +418,10 @@ mod tests {
         let l = Limits::default();
         assert_eq!(l.check_key(b""), Err(LimitError::EmptyKey));
         assert!(l.check_key(&vec![1; 4096]).is_ok());
-        assert!(matches!(l.check_key(&vec![1; 4097]), Err(LimitError::KeyTooLarge { .. })));
+        assert!(matches!(
+            l.check_key(&vec![1; 4097]),
+            Err(LimitError::KeyTooLarge { .. })
+        ));
         assert!(l.check_value(&vec![1; 1 << 20]).is_ok());
         assert!(l.check_value(&vec![1; (1 << 20) + 1]).is_err());
         assert_eq!(l.check_range(b"b", b"a"), Err(LimitError::StartAfterEnd));

@@ -95,14 +95,13 @@ mod tests {
     #[test]
     fn golden_vectors() {
         let p = HashPlacement::new(&[1, 2, 3, 4], 256);
-        let got: Vec<(String, GroupId)> = ["a", "b", "user/1", "user/2", "key-000042", "\u{ff}", "z"]
-            .iter()
-            .map(|k| (k.to_string(), p.locate(k.as_bytes())))
-            .collect();
-        let want: Vec<(String, GroupId)> = GOLDEN
-            .iter()
-            .map(|(k, g)| (k.to_string(), *g))
-            .collect();
+        let got: Vec<(String, GroupId)> =
+            ["a", "b", "user/1", "user/2", "key-000042", "\u{ff}", "z"]
+                .iter()
+                .map(|k| (k.to_string(), p.locate(k.as_bytes())))
+                .collect();
+        let want: Vec<(String, GroupId)> =
+            GOLDEN.iter().map(|(k, g)| (k.to_string(), *g)).collect();
         assert_eq!(got, want);
     }
 
@@ -123,12 +122,17 @@ mod tests {
         let n = 100_000;
         let mut counts: HashMap<GroupId, usize> = HashMap::new();
         for i in 0..n {
-            *counts.entry(p.locate(format!("key-{i:08}").as_bytes())).or_default() += 1;
+            *counts
+                .entry(p.locate(format!("key-{i:08}").as_bytes()))
+                .or_default() += 1;
         }
         let fair = n / groups.len();
         for g in groups {
             let c = counts.get(&g).copied().unwrap_or(0);
-            assert!(c > fair * 8 / 10 && c < fair * 12 / 10, "group {g}: {c} vs fair {fair}");
+            assert!(
+                c > fair * 8 / 10 && c < fair * 12 / 10,
+                "group {g}: {c} vs fair {fair}"
+            );
         }
     }
 

@@ -1,0 +1,75 @@
+//! The node's errors, and their one mapping to gRPC statuses.
+
+use kv_proto::{codes, meta};
+use shardmap::LimitError;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::types::{GroupId, NodeId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("shard group {0} is not hosted on this node")]
+    UnknownGroup(GroupId),
+    #[error("not the leader of shard group {group}")]
+    NotLeader {
+        group: GroupId,
+        leader: Option<(NodeId, String)>,
+    },
+    #[error("shard group {group} has no quorum: {reason}")]
+    NoQuorum { group: GroupId, reason: String },
+    #[error("{0}")]
+    Invalid(#[from] LimitError),
+    #[error("the cluster map is not available yet")]
+    MapNotReady,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Status {
+        let message = e.to_string();
+        let (code, error_code) = match &e {
+            NodeError::UnknownGroup(_) => (Code::NotFound, codes::UNKNOWN_GROUP),
+            NodeError::NotLeader { .. } => (Code::Unavailable, codes::NOT_LEADER),
+            NodeError::NoQuorum { .. } => (Code::Unavailable, codes::NO_QUORUM),
+            NodeError::Invalid(LimitError::EmptyKey | LimitError::KeyTooLarge { .. }) => {
+                (Code::InvalidArgument, codes::INVALID_KEY)
+            }
+            NodeError::Invalid(LimitError::ValueTooLarge { .. }) => {
+                (Code::InvalidArgument, codes::INVALID_VALUE)
+            }
+            NodeError::Invalid(LimitError::StartAfterEnd) => {
+                (Code::InvalidArgument, codes::INVALID_RANGE)
+            }
+            NodeError::BadRequest(_) => (Code::InvalidArgument, "BAD_REQUEST"),
+            NodeError::MapNotReady => (Code::Unavailable, codes::NOT_READY),
+            NodeError::Storage(_) => (Code::Internal, "STORAGE"),
+            NodeError::Fatal(_) => (Code::Unavailable, "SHUTTING_DOWN"),
+        };
+        let mut status = Status::new(code, message);
+        let md = status.metadata_mut();
+        md.insert(meta::ERROR_CODE, MetadataValue::from_static(error_code));
+        if let NodeError::NotLeader {
+            leader: Some((id, addr)),
+            ..
+        } = &e
+        {
+            md.insert(meta::LEADER_ID, MetadataValue::from(*id));
+            if let Ok(v) = addr.parse() {
+                md.insert(meta::LEADER_ADDR, v);
+            }
+        }
+        status
+    }
+}
+
+impl From<sled::Error> for NodeError {
+    fn from(e: sled::Error) -> Self {
+        NodeError::Storage(e.to_string())
+    }
+}

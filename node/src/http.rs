@@ -1,0 +1,75 @@
+//! The small HTTP endpoint: `/health` (the process is up), `/ready` (it can serve: map known,
+//! every hosted group has a leader) and `/metrics` (Prometheus text).
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(node);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, &'static str) {
+    if node.ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# TYPE kvnode_flushes_total counter");
+    let _ = writeln!(
+        out,
+        "kvnode_flushes_total {}",
+        node.flusher.stats.flushes.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(out, "# TYPE kvnode_flush_waiters_total counter");
+    let _ = writeln!(
+        out,
+        "kvnode_flush_waiters_total {}",
+        node.flusher.stats.waiters.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(out, "# TYPE kvnode_group_is_leader gauge");
+    for g in node.groups() {
+        let m = g.raft.metrics().borrow().clone();
+        let labels = format!("group=\"{}\"", g.id);
+        let _ = writeln!(
+            out,
+            "kvnode_group_is_leader{{{labels}}} {}",
+            u8::from(m.current_leader == Some(node.id))
+        );
+        let _ = writeln!(out, "kvnode_group_term{{{labels}}} {}", m.current_term);
+        let _ = writeln!(
+            out,
+            "kvnode_group_last_log_index{{{labels}}} {}",
+            m.last_log_index.unwrap_or(0)
+        );
+        let _ = writeln!(
+            out,
+            "kvnode_group_applied_index{{{labels}}} {}",
+            m.last_applied.map_or(0, |l| l.index)
+        );
+    }
+    out
+}

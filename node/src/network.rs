@@ -1,0 +1,163 @@
+//! The multi-raft transport: one pooled gRPC connection per peer node carries the Raft traffic
+//! of every group; each message names its group.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kv_proto::node::raft_client::RaftClient;
+use kv_proto::node::{RaftReply, RaftRequest};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::types::{GroupId, NodeId, TypeConfig};
+
+/// Largest Raft message: above the client limit, since an append carries many client writes.
+pub const RAFT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// One lazily connected channel per peer address, shared by all groups. A tonic `Channel` is an
+/// HTTP/2 connection that multiplexes concurrent calls, so one per peer is enough.
+#[derive(Clone, Default)]
+pub struct PeerPool {
+    // std Mutex: held only to look up or insert, never across an await.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerPool {
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+/// Creates a group's connections to its peers.
+pub struct GroupNetwork {
+    pub group: GroupId,
+    pub pool: PeerPool,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+/// A group's view of one peer.
+pub struct PeerConnection {
+    group: GroupId,
+    target: NodeId,
+    addr: String,
+    pool: PeerPool,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload =
+            bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let channel = self
+            .pool
+            .channel(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(RAFT_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(RAFT_MAX_MESSAGE_BYTES);
+        let mut request = tonic::Request::new(RaftRequest {
+            group_id: self.group,
+            payload: payload.into(),
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply: RaftReply = match reply {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                return Err(match status.code() {
+                    // The peer is down or cannot be reached: openraft backs off.
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&status)),
+                    _ => RPCError::Network(NetworkError::new(&status)),
+                });
+            }
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

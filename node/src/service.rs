@@ -1,0 +1,273 @@
+//! The gRPC services: `Node` (data RPCs naming a group, cluster map, status) and `Raft` (the
+//! multi-raft transport). Handlers stay thin: decode, call [`Node`], encode.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kv_proto::kv::{Consistency, KeyValue};
+use kv_proto::node::node_server::Node as NodeApi;
+use kv_proto::node::raft_server::Raft as RaftApi;
+use kv_proto::node::{
+    write_op, GetClusterMapRequest, GetClusterMapResponse, GroupStatus, GroupStatusRequest,
+    GroupStatusResponse, NodeScanRequest, NodeScanResponse, RaftReply, RaftRequest, ReadRequest,
+    ReadResponse, ReadResult, WriteRequest, WriteResponse, WriteResult,
+};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use crate::error::NodeError;
+use crate::keys;
+use crate::node::{Group, Node};
+use crate::types::{NodeId, Op, Request as Command, Response as CommandResponse, TypeConfig};
+
+/// Scan results per group when the request sets no limit, and the most it may ask for.
+pub const DEFAULT_SCAN_LIMIT: usize = 1_000;
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+/// Serves data RPCs.
+#[derive(Clone)]
+pub struct NodeService {
+    pub node: Arc<Node>,
+}
+
+fn strong(consistency: i32) -> bool {
+    Consistency::try_from(consistency).unwrap_or(Consistency::Strong) != Consistency::Eventual
+}
+
+impl NodeService {
+    async fn read_barrier(&self, group: &Group, consistency: i32) -> Result<(), NodeError> {
+        if strong(consistency) {
+            self.node.linearizable(group).await
+        } else {
+            Ok(())
+        }
+    }
+
+    fn decode_ops(&self, ops: Vec<kv_proto::node::WriteOp>) -> Result<Vec<Op>, NodeError> {
+        if ops.is_empty() {
+            return Err(NodeError::BadRequest(
+                "a write needs at least one operation".into(),
+            ));
+        }
+        ops.into_iter()
+            .map(|op| match op.op {
+                Some(write_op::Op::Put(p)) => {
+                    self.node.limits.check_key(&p.key)?;
+                    self.node.limits.check_value(&p.value)?;
+                    Ok(Op::Put {
+                        key: p.key.to_vec(),
+                        value: p.value.to_vec(),
+                        expected_version: p.expected_version,
+                    })
+                }
+                Some(write_op::Op::Delete(d)) => {
+                    self.node.limits.check_key(&d.key)?;
+                    Ok(Op::Delete {
+                        key: d.key.to_vec(),
+                        expected_version: d.expected_version,
+                    })
+                }
+                None => Err(NodeError::BadRequest(
+                    "write operation without a kind".into(),
+                )),
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl NodeApi for NodeService {
+    async fn write(
+        &self,
+        request: Request<WriteRequest>,
+    ) -> Result<GrpcResponse<WriteResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.node.group(req.group_id)?;
+        let ops = self.decode_ops(req.ops)?;
+        let results = match self.node.write(&group, Command::Write { ops }).await? {
+            CommandResponse::Write(r) => r,
+            other => {
+                return Err(NodeError::Storage(format!("unexpected apply result {other}")).into())
+            }
+        };
+        Ok(GrpcResponse::new(WriteResponse {
+            results: results
+                .into_iter()
+                .map(|r| WriteResult {
+                    version: r.version,
+                    existed: r.existed,
+                    condition_failed: r.condition_failed,
+                    previous_version: r.previous_version,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<GrpcResponse<ReadResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.node.group(req.group_id)?;
+        for k in &req.keys {
+            self.node.limits.check_key(k).map_err(NodeError::from)?;
+        }
+        self.read_barrier(&group, req.consistency).await?;
+        let applied_index = group.data.applied_index();
+        let mut results = Vec::with_capacity(req.keys.len());
+        for k in &req.keys {
+            results.push(match group.data.get(k).map_err(NodeError::from)? {
+                Some((version, value)) => ReadResult {
+                    found: true,
+                    value: value.into(),
+                    version,
+                },
+                None => ReadResult::default(),
+            });
+        }
+        Ok(GrpcResponse::new(ReadResponse {
+            results,
+            served_by: self.node.id,
+            applied_index,
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<NodeScanRequest>,
+    ) -> Result<GrpcResponse<NodeScanResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.node.group(req.group_id)?;
+        self.node
+            .limits
+            .check_range(&req.start, &req.end)
+            .map_err(NodeError::from)?;
+        let limit = match req.limit as usize {
+            0 => DEFAULT_SCAN_LIMIT,
+            n => n.min(MAX_SCAN_LIMIT),
+        };
+        self.read_barrier(&group, req.consistency).await?;
+        let applied_index = group.data.applied_index();
+        let iter = if req.end.is_empty() {
+            group.data.data.range(req.start.as_ref()..)
+        } else {
+            group.data.data.range(req.start.as_ref()..req.end.as_ref())
+        };
+        let mut kvs = Vec::new();
+        let mut more = false;
+        for item in iter {
+            let (k, v) = item.map_err(NodeError::from)?;
+            if kvs.len() == limit {
+                more = true;
+                break;
+            }
+            let (version, value) = keys::decode_value(&v)
+                .ok_or_else(|| NodeError::Storage(format!("corrupt value under key {k:?}")))?;
+            kvs.push(KeyValue {
+                key: Bytes::copy_from_slice(&k),
+                value: if req.keys_only {
+                    Bytes::new()
+                } else {
+                    Bytes::copy_from_slice(value)
+                },
+                version,
+            });
+        }
+        Ok(GrpcResponse::new(NodeScanResponse {
+            kvs,
+            more,
+            served_by: self.node.id,
+            applied_index,
+        }))
+    }
+
+    async fn get_cluster_map(
+        &self,
+        _request: Request<GetClusterMapRequest>,
+    ) -> Result<GrpcResponse<GetClusterMapResponse>, Status> {
+        let (epoch, json) = self.node.cluster_map()?;
+        Ok(GrpcResponse::new(GetClusterMapResponse {
+            epoch,
+            map_json: json.into(),
+        }))
+    }
+
+    async fn group_status(
+        &self,
+        _request: Request<GroupStatusRequest>,
+    ) -> Result<GrpcResponse<GroupStatusResponse>, Status> {
+        let groups = self
+            .node
+            .groups()
+            .iter()
+            .map(|g| {
+                let m = g.raft.metrics().borrow().clone();
+                GroupStatus {
+                    group_id: g.id,
+                    leader: m.current_leader.unwrap_or(0),
+                    term: m.current_term,
+                    last_log_index: m.last_log_index.unwrap_or(0),
+                    applied_index: m.last_applied.map_or(0, |l| l.index),
+                    snapshot_index: m.snapshot.map_or(0, |l| l.index),
+                    purged_index: m.purged.map_or(0, |l| l.index),
+                    voters: m.membership_config.membership().voter_ids().collect(),
+                }
+            })
+            .collect();
+        Ok(GrpcResponse::new(GroupStatusResponse {
+            node_id: self.node.id,
+            groups,
+        }))
+    }
+}
+
+/// Serves the Raft transport: routes each message to its group's `Raft`.
+#[derive(Clone)]
+pub struct RaftService {
+    pub node: Arc<Node>,
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+fn reply<T: Serialize>(result: &T) -> Result<GrpcResponse<RaftReply>, Status> {
+    let payload = bincode::serialize(result)
+        .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    Ok(GrpcResponse::new(RaftReply {
+        payload: payload.into(),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftApi for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<GrpcResponse<RaftReply>, Status> {
+        let req = request.into_inner();
+        let group = self.node.group(req.group_id)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.payload)?;
+        reply(&group.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<GrpcResponse<RaftReply>, Status> {
+        let req = request.into_inner();
+        let group = self.node.group(req.group_id)?;
+        let rpc: VoteRequest<NodeId> = decode(&req.payload)?;
+        reply(&group.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<GrpcResponse<RaftReply>, Status> {
+        let req = request.into_inner();
+        let group = self.node.group(req.group_id)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.payload)?;
+        reply(&group.raft.install_snapshot(rpc).await)
+    }
+}
