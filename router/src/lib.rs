@@ -1,1 +1,244 @@
+//! `kvrouter`: the stateless front door of the store. It serves the public `kv.v1.Kv` API,
+//! works out which shard group holds each key from a cached cluster map, and sends each request
+//! to that group's leader, retrying across replicas until the request's deadline.
+//!
+//! Modules, in the order a request meets them:
+//!
+//! - [`service`](crate::service): the gRPC handlers; thin, they only fix the deadline, call
+//!   the router and count outcomes.
+//! - `routing`: validation, placement and the one retry loop every node RPC goes through
+//!   (leader cache, `NOT_LEADER` redirects, backoff across replicas).
+//! - `fanout`: pure helpers for requests spanning groups: batch splitting and reassembly,
+//!   scan merging.
+//! - `retry`: pure policy: which node errors are worth retrying, backoff, deadlines.
+//! - `map_cache`: the cluster map, loaded from any node and refreshed in the background.
+//! - `leader`: which replica leads each group, as far as the router knows.
+//! - `pool`: one lazily connected gRPC channel per node.
+//! - [`error`]: [`RouterError`], and the single function that turns it into a gRPC status.
+//! - `http` and `metrics`: `/health`, `/ready`, `/metrics`.
+//! - [`config`]: [`Config`] and the duration syntax of the flags.
+//!
+//! Placement itself (hash ring, keyspaces) lives in the `shardmap` crate, shared with nodes and
+//! clients so that they can never disagree.
 
+pub mod config;
+pub mod error;
+#[cfg(test)]
+mod fake_node;
+mod fanout;
+mod http;
+mod leader;
+mod map_cache;
+mod metrics;
+mod pool;
+mod retry;
+mod routing;
+pub mod service;
+
+use std::sync::Arc;
+
+use kv_proto::kv::kv_server::KvServer;
+use kv_proto::MAX_MESSAGE_BYTES;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{parse_duration, Config, DurationParseError};
+pub use error::{to_status, RouterError};
+
+use map_cache::MapCache;
+use metrics::Metrics;
+use pool::NodePool;
+use routing::Router;
+use service::KvService;
+
+/// Runs the router on `listener` until `shutdown` is cancelled: loads and refreshes the cluster
+/// map in the background, serves the `/health`, `/ready` and `/metrics` endpoints when
+/// `config.http` is set, and serves the KV API. Requests that arrive before the first map is
+/// loaded wait for it until their deadline.
+///
+/// Returns once the gRPC server has drained and the background tasks have stopped.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RouterError> {
+    if config.nodes.is_empty() {
+        return Err(RouterError::Config(
+            "at least one node address is needed (--nodes)".to_string(),
+        ));
+    }
+    let local = listener.local_addr()?;
+    // Stops the background tasks however this function returns.
+    let stop = shutdown.child_token();
+    let _stop_on_return = stop.clone().drop_guard();
+
+    let metrics = Arc::new(Metrics::default());
+    let pool = Arc::new(NodePool::default());
+    let maps = Arc::new(MapCache::new(config.nodes.clone()));
+
+    let http_task = match &config.http {
+        Some(addr) => {
+            let http_listener = TcpListener::bind(addr).await?;
+            tracing::info!("kvrouter http endpoints on {}", http_listener.local_addr()?);
+            Some(tokio::spawn(http::serve(
+                http_listener,
+                maps.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )))
+        }
+        None => None,
+    };
+    let refresher = tokio::spawn(maps.clone().run_refresher(
+        pool.clone(),
+        metrics.clone(),
+        config.map_refresh_interval,
+        stop.clone(),
+    ));
+
+    let router = Arc::new(Router::new(maps, pool, metrics.clone(), config.limits));
+    let service = KvService::new(router, metrics, config.request_timeout);
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    tracing::info!(nodes = ?config.nodes, "kvrouter listening on {local}");
+    let served = tonic::transport::Server::builder()
+        .add_service(
+            KvServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
+        .await;
+
+    stop.cancel();
+    if let Err(e) = refresher.await {
+        tracing::warn!(error = %e, "map refresher ended abnormally");
+    }
+    if let Some(task) = http_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "http server failed"),
+            Err(e) => tracing::warn!(error = %e, "http server ended abnormally"),
+        }
+    }
+    tracing::info!("kvrouter stopped");
+    served.map_err(RouterError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use kv_proto::kv::kv_client::KvClient;
+    use kv_proto::kv::{GetRequest, PutRequest};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::fake_node::FakeCluster;
+
+    async fn http_get(addr: &str, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    fn free_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn serves_the_kv_api_and_http_endpoints_until_shutdown() {
+        let cluster = FakeCluster::start(3, 4).await;
+        cluster.set_leader(1);
+        let http = free_port();
+        let mut config = Config::new(cluster.addrs.clone());
+        config.http = Some(http.clone());
+        config.map_refresh_interval = Duration::from_millis(100);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(run(config, listener, shutdown.clone()));
+
+        let mut client = KvClient::connect(format!("http://{addr}")).await.unwrap();
+        let put = PutRequest {
+            key: Bytes::from_static(b"hello"),
+            value: Bytes::from_static(b"world"),
+            ..Default::default()
+        };
+        client.put(put).await.unwrap();
+        let got = client
+            .get(GetRequest {
+                key: Bytes::from_static(b"hello"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.value, Bytes::from_static(b"world"));
+
+        let err = client.get(GetRequest::default()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let code = err.metadata().get(kv_proto::meta::ERROR_CODE).unwrap();
+        assert_eq!(code.to_str().unwrap(), kv_proto::codes::INVALID_KEY);
+
+        assert!(http_get(&http, "/health").await.starts_with("HTTP/1.1 200"));
+        assert!(http_get(&http, "/ready").await.starts_with("HTTP/1.1 200"));
+        let metrics = http_get(&http, "/metrics").await;
+        assert!(
+            metrics.contains("kvrouter_requests_total{method=\"Get\"} 2"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("kvrouter_errors_total{method=\"Get\"} 1"),
+            "{metrics}"
+        );
+
+        shutdown.cancel();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn not_ready_until_a_map_is_loaded() {
+        let http = free_port();
+        let mut config = Config::new(vec!["127.0.0.1:1".to_string()]);
+        config.http = Some(http.clone());
+        config.request_timeout = Duration::from_millis(200);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(run(config, listener, shutdown.clone()));
+        let mut client = KvClient::connect(format!("http://{addr}")).await.unwrap();
+        let err = client
+            .get(GetRequest {
+                key: Bytes::from_static(b"k"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(http_get(&http, "/ready").await.starts_with("HTTP/1.1 503"));
+        shutdown.cancel();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

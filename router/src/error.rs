@@ -1,0 +1,187 @@
+//! The router's one error type, and the one place it becomes a gRPC status.
+//!
+//! Variants carry what a caller needs to act (the group, the current version, the node's
+//! stable code); [`to_status`] turns them into a `tonic::Status` with the stable code in the
+//! `kv-error-code` metadata, so that clients never parse messages.
+
+use kv_proto::{codes, meta};
+use shardmap::{GroupId, LimitError, MapError};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in the router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// An empty or oversized key.
+    #[error("invalid key: {0}")]
+    InvalidKey(LimitError),
+    /// An oversized value.
+    #[error("invalid value: {0}")]
+    InvalidValue(LimitError),
+    /// A malformed scan range.
+    #[error("invalid range: {0}")]
+    InvalidRange(LimitError),
+    /// The request names a keyspace the cluster map does not have.
+    #[error("unknown keyspace {0:?}")]
+    UnknownKeyspace(String),
+    /// A conditional write found another version.
+    #[error("version mismatch: expected {expected}, current {current}")]
+    ConditionFailed { expected: u64, current: u64 },
+    /// No cluster map has been loaded yet.
+    #[error("the router has not loaded the cluster map yet")]
+    NotReady,
+    /// The deadline passed before any replica of the group answered.
+    #[error("shard group {group} unavailable after {attempts} attempts: {last_error}")]
+    Unavailable {
+        group: GroupId,
+        attempts: u32,
+        last_error: String,
+        /// The last node error's stable code, when it had one.
+        code: Option<String>,
+    },
+    /// A node refused the request for a reason retrying cannot fix; passed on as is.
+    #[error("shard group {group}: {message}")]
+    Node {
+        group: GroupId,
+        code: Code,
+        message: String,
+        error_code: Option<String>,
+    },
+    /// A node answered with something that does not fit the protocol.
+    #[error("bad response from shard group {group}: {reason}")]
+    BadResponse { group: GroupId, reason: String },
+    /// The cluster map could not be used.
+    #[error("cluster map: {0}")]
+    Map(MapError),
+    /// A node address that is not a valid URI authority.
+    #[error("bad node address {addr:?}: {source}")]
+    BadAddress {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    /// The configuration cannot work (for example no seed nodes).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Binding or serving a socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl From<MapError> for RouterError {
+    fn from(err: MapError) -> Self {
+        match err {
+            MapError::UnknownKeyspace(name) => RouterError::UnknownKeyspace(name),
+            other => RouterError::Map(other),
+        }
+    }
+}
+
+impl RouterError {
+    /// The stable code sent in `kv-error-code`, if the error has one.
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            RouterError::InvalidKey(_) => Some(codes::INVALID_KEY),
+            RouterError::InvalidValue(_) => Some(codes::INVALID_VALUE),
+            RouterError::InvalidRange(_) => Some(codes::INVALID_RANGE),
+            RouterError::UnknownKeyspace(_) => Some(codes::UNKNOWN_KEYSPACE),
+            RouterError::ConditionFailed { .. } => Some(codes::CONDITION_FAILED),
+            RouterError::NotReady => Some(codes::NOT_READY),
+            RouterError::Unavailable { code, .. } => {
+                Some(code.as_deref().unwrap_or(codes::NO_QUORUM))
+            }
+            RouterError::Node { error_code, .. } => error_code.as_deref(),
+            RouterError::Map(MapError::UnknownGroup(_)) => Some(codes::UNKNOWN_GROUP),
+            _ => None,
+        }
+    }
+
+    /// The gRPC code the error is reported with.
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            RouterError::InvalidKey(_)
+            | RouterError::InvalidValue(_)
+            | RouterError::InvalidRange(_)
+            | RouterError::UnknownKeyspace(_) => Code::InvalidArgument,
+            RouterError::ConditionFailed { .. } => Code::FailedPrecondition,
+            RouterError::NotReady | RouterError::Unavailable { .. } => Code::Unavailable,
+            RouterError::Node { code, .. } => *code,
+            RouterError::Map(MapError::UnknownGroup(_)) => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+/// The one mapping from [`RouterError`] to the status a client sees.
+pub fn to_status(err: RouterError) -> Status {
+    let mut status = Status::new(err.grpc_code(), err.to_string());
+    let md = status.metadata_mut();
+    if let Some(code) = err.error_code() {
+        if let Ok(value) = MetadataValue::try_from(code) {
+            md.insert(meta::ERROR_CODE, value);
+        }
+    }
+    if let RouterError::ConditionFailed { current, .. } = &err {
+        md.insert(meta::CURRENT_VERSION, MetadataValue::from(*current));
+    }
+    status
+}
+
+impl From<RouterError> for Status {
+    fn from(err: RouterError) -> Self {
+        to_status(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(status: &Status) -> Option<&str> {
+        status
+            .metadata()
+            .get(meta::ERROR_CODE)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn invalid_input_is_invalid_argument_with_a_code() {
+        let status = to_status(RouterError::InvalidKey(LimitError::EmptyKey));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(code_of(&status), Some(codes::INVALID_KEY));
+        assert!(status.message().contains("empty"), "{}", status.message());
+
+        let status = to_status(RouterError::UnknownKeyspace("nope".into()));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(code_of(&status), Some(codes::UNKNOWN_KEYSPACE));
+    }
+
+    #[test]
+    fn condition_failed_carries_the_current_version() {
+        let status = to_status(RouterError::ConditionFailed {
+            expected: 3,
+            current: 7,
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.message(), "version mismatch: expected 3, current 7");
+        assert_eq!(code_of(&status), Some(codes::CONDITION_FAILED));
+        let current = status.metadata().get(meta::CURRENT_VERSION);
+        assert_eq!(current.and_then(|v| v.to_str().ok()), Some("7"));
+    }
+
+    #[test]
+    fn unavailable_names_the_group_and_last_error() {
+        let status = to_status(RouterError::Unavailable {
+            group: 4,
+            attempts: 9,
+            last_error: "node 2: connection refused".into(),
+            code: None,
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("group 4"));
+        assert!(status.message().contains("connection refused"));
+        assert_eq!(code_of(&status), Some(codes::NO_QUORUM));
+    }
+}

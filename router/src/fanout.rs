@@ -1,0 +1,228 @@
+//! The pure half of fan-out: splitting a batch by shard group, putting per-group answers back
+//! in request order, and merging per-group scans into one key-ordered page.
+
+use std::collections::BTreeMap;
+
+use kv_proto::kv::KeyValue;
+use shardmap::GroupId;
+
+/// The scan limit used when a request asks for 0.
+pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
+/// The largest scan limit; larger requests are clamped to it.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+
+/// The limit a scan actually runs with.
+pub fn scan_limit(requested: u32) -> u32 {
+    match requested {
+        0 => DEFAULT_SCAN_LIMIT,
+        n => n.min(MAX_SCAN_LIMIT),
+    }
+}
+
+/// One group's scan answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupScan {
+    pub kvs: Vec<KeyValue>,
+    /// The group had more keys than the limit.
+    pub more: bool,
+}
+
+/// Merges per-group scans (each ran with the same `limit`) into the first `limit` keys in key
+/// order, and whether more keys remain.
+///
+/// Correct because every group ran with the same limit: if group G stopped early at its
+/// `limit`-th key `k`, the merged page's `limit`-th key is at most `k`, so no key G did not send
+/// can belong in the page.
+pub fn merge_scans(parts: Vec<GroupScan>, limit: usize) -> (Vec<KeyValue>, bool) {
+    let mut more = parts.iter().any(|p| p.more);
+    let mut all: Vec<KeyValue> = parts.into_iter().flat_map(|p| p.kvs).collect();
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    if all.len() > limit {
+        all.truncate(limit);
+        more = true;
+    }
+    (all, more)
+}
+
+/// The positions of a batch's items, grouped by the shard group that holds each item's key.
+/// Within a group, positions keep request order.
+pub fn split_by_group<T, E>(
+    items: &[T],
+    mut locate: impl FnMut(&T) -> Result<GroupId, E>,
+) -> Result<BTreeMap<GroupId, Vec<usize>>, E> {
+    let mut groups: BTreeMap<GroupId, Vec<usize>> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        groups.entry(locate(item)?).or_default().push(i);
+    }
+    Ok(groups)
+}
+
+/// Puts per-group answers back in request order. Each part is the positions sent to one group
+/// and that group's answers, one per position. Errors when a group answered with the wrong
+/// number of results or a position is missing.
+pub fn reassemble<T>(len: usize, parts: Vec<(Vec<usize>, Vec<T>)>) -> Result<Vec<T>, String> {
+    let mut slots: Vec<Option<T>> = std::iter::repeat_with(|| None).take(len).collect();
+    for (positions, results) in parts {
+        if positions.len() != results.len() {
+            return Err(format!(
+                "{} results for {} keys",
+                results.len(),
+                positions.len()
+            ));
+        }
+        for (pos, result) in positions.into_iter().zip(results) {
+            match slots.get_mut(pos) {
+                Some(slot) => *slot = Some(result),
+                None => return Err(format!("position {pos} out of range")),
+            }
+        }
+    }
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.ok_or_else(|| format!("no result for item {i}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn kv(key: &str) -> KeyValue {
+        KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::new(),
+            version: 1,
+        }
+    }
+
+    fn keys(kvs: &[KeyValue]) -> Vec<&[u8]> {
+        kvs.iter().map(|kv| kv.key.as_ref()).collect()
+    }
+
+    fn part(ks: &[&str], more: bool) -> GroupScan {
+        GroupScan {
+            kvs: ks.iter().map(|k| kv(k)).collect(),
+            more,
+        }
+    }
+
+    #[test]
+    fn limits_default_and_clamp() {
+        assert_eq!(scan_limit(0), 1000);
+        assert_eq!(scan_limit(1), 1);
+        assert_eq!(scan_limit(10_000), 10_000);
+        assert_eq!(scan_limit(10_001), 10_000);
+        assert_eq!(scan_limit(u32::MAX), 10_000);
+    }
+
+    #[test]
+    fn merge_orders_keys_across_groups() {
+        let (kvs, more) = merge_scans(
+            vec![
+                part(&["b", "e"], false),
+                part(&["a", "d"], false),
+                part(&["c"], false),
+            ],
+            10,
+        );
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b", b"c", b"d", b"e"]);
+        assert!(!more);
+    }
+
+    #[test]
+    fn merge_cuts_at_the_limit_and_reports_more() {
+        let (kvs, more) = merge_scans(vec![part(&["a", "c"], false), part(&["b", "d"], false)], 3);
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b", b"c"]);
+        assert!(more);
+    }
+
+    #[test]
+    fn merge_exactly_at_the_limit_is_not_more() {
+        let (kvs, more) = merge_scans(vec![part(&["a"], false), part(&["b"], false)], 2);
+        assert_eq!(kvs.len(), 2);
+        assert!(!more);
+    }
+
+    #[test]
+    fn merge_reports_more_when_a_group_was_cut_short() {
+        let (kvs, more) = merge_scans(vec![part(&["a", "b"], true), part(&[], false)], 2);
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b"]);
+        assert!(more);
+    }
+
+    #[test]
+    fn merge_never_skips_keys_of_a_group_cut_short() {
+        // Group 1 stopped at its limit ("c"); the page must not reach past "c".
+        let (kvs, more) = merge_scans(vec![part(&["a", "c"], true), part(&["b", "x"], false)], 2);
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b"]);
+        assert!(more);
+    }
+
+    #[test]
+    fn merge_of_nothing_is_empty() {
+        let (kvs, more) = merge_scans(vec![], 10);
+        assert!(kvs.is_empty());
+        assert!(!more);
+    }
+
+    #[test]
+    fn split_keeps_request_order_within_groups() {
+        let items = ["a1", "b1", "a2", "c1", "b2"];
+        let groups = split_by_group(&items, |k| {
+            Ok::<_, ()>(match &k[..1] {
+                "a" => 1,
+                "b" => 2,
+                _ => 3,
+            })
+        })
+        .unwrap();
+        assert_eq!(groups[&1], vec![0, 2]);
+        assert_eq!(groups[&2], vec![1, 4]);
+        assert_eq!(groups[&3], vec![3]);
+    }
+
+    #[test]
+    fn split_stops_at_the_first_error() {
+        let items = [1, 2, 3];
+        let r = split_by_group(&items, |i| if *i == 2 { Err("bad") } else { Ok(1) });
+        assert_eq!(r, Err("bad"));
+    }
+
+    #[test]
+    fn reassemble_restores_request_order() {
+        let parts = vec![
+            (vec![1, 4], vec!["b1", "b2"]),
+            (vec![0, 2], vec!["a1", "a2"]),
+            (vec![3], vec!["c1"]),
+        ];
+        assert_eq!(
+            reassemble(5, parts).unwrap(),
+            vec!["a1", "b1", "a2", "c1", "b2"]
+        );
+    }
+
+    #[test]
+    fn reassemble_rejects_short_or_missing_answers() {
+        assert!(reassemble(2, vec![(vec![0, 1], vec!["a"])]).is_err());
+        assert!(reassemble(2, vec![(vec![0], vec!["a"])]).is_err());
+        assert!(reassemble(1, vec![(vec![5], vec!["a"])]).is_err());
+        assert_eq!(reassemble::<u8>(0, vec![]).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn split_then_reassemble_round_trips() {
+        let items: Vec<u32> = (0..100).map(|i| (i * 7919) % 101).collect();
+        let groups = split_by_group(&items, |v| Ok::<_, ()>(u64::from(v % 5))).unwrap();
+        let parts = groups
+            .into_values()
+            .map(|pos| {
+                let answers = pos.iter().map(|&p| items[p] * 2).collect();
+                (pos, answers)
+            })
+            .collect();
+        let back = reassemble(items.len(), parts).unwrap();
+        assert_eq!(back, items.iter().map(|v| v * 2).collect::<Vec<_>>());
+    }
+}

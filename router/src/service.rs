@@ -1,0 +1,115 @@
+//! The `kv.v1.Kv` gRPC service: thin handlers that work out the request's deadline, call the
+//! [`Router`], count the outcome and turn errors into statuses (in [`crate::error::to_status`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_proto::kv::kv_server::Kv;
+use kv_proto::kv::{
+    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, DeleteRequest,
+    DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, ScanRequest, ScanResponse,
+};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::error::{to_status, RouterError};
+use crate::metrics::{Method, Metrics};
+use crate::retry::request_budget;
+use crate::routing::Router;
+
+/// The public KV service.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    request_timeout: Duration,
+}
+
+impl KvService {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, request_timeout: Duration) -> KvService {
+        KvService {
+            router,
+            metrics,
+            request_timeout,
+        }
+    }
+
+    /// Runs one request: deadline from the configured timeout and the client's `grpc-timeout`,
+    /// the routing call, the counters, the error mapping.
+    async fn handle<Req, Resp, F, Fut>(
+        &self,
+        method: Method,
+        request: Request<Req>,
+        op: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(Arc<Router>, Req, Instant) -> Fut,
+        Fut: Future<Output = Result<Resp, RouterError>>,
+    {
+        let deadline = Instant::now() + request_budget(request.metadata(), self.request_timeout);
+        let result = op(self.router.clone(), request.into_inner(), deadline).await;
+        self.metrics.record(method, result.is_err());
+        match result {
+            Ok(response) => Ok(Response::new(response)),
+            Err(err) => {
+                tracing::debug!(method = method.name(), error = %err, "request failed");
+                Err(to_status(err))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.handle(Method::Get, request, |r, req, d| async move {
+            r.get(req, d).await
+        })
+        .await
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.handle(Method::Put, request, |r, req, d| async move {
+            r.put(req, d).await
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        self.handle(Method::Delete, request, |r, req, d| async move {
+            r.delete(req, d).await
+        })
+        .await
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        self.handle(Method::Scan, request, |r, req, d| async move {
+            r.scan(req, d).await
+        })
+        .await
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<BatchGetRequest>,
+    ) -> Result<Response<BatchGetResponse>, Status> {
+        self.handle(Method::BatchGet, request, |r, req, d| async move {
+            r.batch_get(req, d).await
+        })
+        .await
+    }
+
+    async fn batch_put(
+        &self,
+        request: Request<BatchPutRequest>,
+    ) -> Result<Response<BatchPutResponse>, Status> {
+        self.handle(Method::BatchPut, request, |r, req, d| async move {
+            r.batch_put(req, d).await
+        })
+        .await
+    }
+}
