@@ -89,6 +89,7 @@ fn parse_cluster(s: &str) -> anyhow::Result<Vec<(u64, String)>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 "info,openraft=warn,openraft::replication=off,openraft::engine=error,sled=warn"

@@ -1,0 +1,503 @@
+//! [`Client`]: the calls, with timeouts, retries and router rotation.
+//!
+//! Every call goes through [`Client::call`], which owns the time budget, the retry loop and
+//! the choice of router, so each public method only builds its request and reads its answer.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kv_proto::kv::{self, kv_client::KvClient};
+use kv_proto::MAX_MESSAGE_BYTES;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::error::from_status;
+use crate::{
+    endpoint, retry, ClientOptions, DeleteOutcome, Error, KeyValue, ReadOptions, ScanOptions,
+    ScanPage, Versioned, WriteOptions,
+};
+
+/// A handle to the cluster, talking to one or more routers.
+///
+/// Cheap to clone (clones share connections) and usable from many tasks at once.
+///
+/// Keys and values are taken as `impl Into<Bytes>`: string and byte-string literals,
+/// `Vec<u8>`, `String` and [`Bytes`] all work without copying; borrow a non-`'static` slice
+/// with `Bytes::copy_from_slice(slice)`.
+///
+/// Every call has a time budget ([`ClientOptions::timeout`]) that covers its retries. A call
+/// that fails with a retryable error ([`Error::is_retryable`]) is retried with exponential
+/// backoff, moving to the next router on transport errors and `UNAVAILABLE`. Plain puts and
+/// deletes are idempotent, so retrying them is safe; a conditional write retried after an
+/// unknown outcome can report [`Error::ConditionFailed`] although its first attempt applied.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    routers: Vec<Router>,
+    /// The router calls go to first. An atomic rather than a lock: it is read on every call
+    /// and only ever swapped for the next index, and a stale read merely picks a router that
+    /// another task just gave up on.
+    current: AtomicUsize,
+    options: ClientOptions,
+}
+
+struct Router {
+    url: String,
+    client: KvClient<Channel>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field(
+                "routers",
+                &self
+                    .inner
+                    .routers
+                    .iter()
+                    .map(|r| r.url.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for the given routers with default [`ClientOptions`].
+    ///
+    /// Endpoints look like `http://127.0.0.1:7400` or `127.0.0.1:7400`. Nothing is dialled
+    /// yet: connections open on first use, so this only fails on unusable addresses
+    /// ([`Error::InvalidEndpoint`]) or an empty list.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime: each channel starts a background task.
+    pub fn connect(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Result<Self, Error> {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// A client for the given routers with the given options. See [`Client::connect`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as [`Client::connect`].
+    pub fn with_options(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        options: ClientOptions,
+    ) -> Result<Self, Error> {
+        let mut routers = Vec::new();
+        for raw in endpoints {
+            let url = endpoint::normalize(&raw.into())?;
+            let client = KvClient::new(endpoint::channel(&url, &options)?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            routers.push(Router { url, client });
+        }
+        if routers.is_empty() {
+            return Err(Error::InvalidEndpoint {
+                endpoint: String::new(),
+                message: "no router endpoint given".into(),
+            });
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                routers,
+                current: AtomicUsize::new(0),
+                options,
+            }),
+        })
+    }
+
+    /// The normalized router addresses, in rotation order.
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.inner.routers.iter().map(|r| r.url.as_str())
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// Reads a key with strong consistency in the default keyspace; `Ok(None)` if it is absent.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Versioned>, Error> {
+        self.get_with(key, &ReadOptions::default()).await
+    }
+
+    /// Reads a key; `Ok(None)` if it is absent.
+    pub async fn get_with(
+        &self,
+        key: impl Into<Bytes>,
+        options: &ReadOptions,
+    ) -> Result<Option<Versioned>, Error> {
+        let req = kv::GetRequest {
+            keyspace: options.keyspace.clone(),
+            key: key.into(),
+            consistency: options.consistency.to_proto(),
+        };
+        let resp = self
+            .call(req, |mut c, r| async move { c.get(r).await })
+            .await?;
+        Ok(Versioned::from_proto(resp))
+    }
+
+    /// Writes a key with strong consistency in the default keyspace; returns its new version.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64, Error> {
+        self.put_with(key, value, &WriteOptions::default()).await
+    }
+
+    /// Writes a key, if `options.if_version` allows; returns its new version.
+    pub async fn put_with(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        options: &WriteOptions,
+    ) -> Result<u64, Error> {
+        let req = kv::PutRequest {
+            keyspace: options.keyspace.clone(),
+            key: key.into(),
+            value: value.into(),
+            consistency: options.consistency.to_proto(),
+            expected_version: options.if_version,
+        };
+        let resp = self
+            .call(req, |mut c, r| async move { c.put(r).await })
+            .await?;
+        Ok(resp.version)
+    }
+
+    /// Deletes a key with strong consistency in the default keyspace. Deleting an absent key
+    /// succeeds with `existed: false`.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<DeleteOutcome, Error> {
+        self.delete_with(key, &WriteOptions::default()).await
+    }
+
+    /// Deletes a key, if `options.if_version` allows.
+    pub async fn delete_with(
+        &self,
+        key: impl Into<Bytes>,
+        options: &WriteOptions,
+    ) -> Result<DeleteOutcome, Error> {
+        let req = kv::DeleteRequest {
+            keyspace: options.keyspace.clone(),
+            key: key.into(),
+            consistency: options.consistency.to_proto(),
+            expected_version: options.if_version,
+        };
+        let resp = self
+            .call(req, |mut c, r| async move { c.delete(r).await })
+            .await?;
+        Ok(DeleteOutcome {
+            existed: resp.existed,
+            version: resp.version,
+            group_id: resp.group_id,
+        })
+    }
+
+    /// One page of the keys in `[start, end)`, in key order. An empty `start` means the first
+    /// key, an empty `end` no upper bound. When `more` is set, continue with
+    /// [`next_start`] of the last key, or use [`Client::scan_all`].
+    pub async fn scan(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        options: &ScanOptions,
+    ) -> Result<ScanPage, Error> {
+        self.scan_page(start.into(), end.into(), options.limit, options)
+            .await
+    }
+
+    /// All keys in `[start, end)` (at most `options.limit` when it is not 0), paging through
+    /// the server's pages.
+    ///
+    /// Each page is a separate call with its own time budget, and pages are not one snapshot:
+    /// a write between two pages may or may not be seen.
+    pub async fn scan_all(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        options: &ScanOptions,
+    ) -> Result<Vec<KeyValue>, Error> {
+        let end = end.into();
+        let mut start = start.into();
+        let mut all = Vec::new();
+        loop {
+            let want = if options.limit == 0 {
+                0
+            } else {
+                let got = u32::try_from(all.len()).unwrap_or(u32::MAX);
+                options.limit.saturating_sub(got)
+            };
+            let page = self
+                .scan_page(start.clone(), end.clone(), want, options)
+                .await?;
+            let Some(last) = page.kvs.last() else {
+                // An empty page cannot advance, whatever `more` says.
+                break;
+            };
+            let next = next_start(&last.key);
+            all.extend(page.kvs);
+            let reached_limit = options.limit != 0 && all.len() >= options.limit as usize;
+            let reached_end = !end.is_empty() && next >= end;
+            if !page.more || reached_limit || reached_end {
+                break;
+            }
+            start = next;
+        }
+        if options.limit != 0 {
+            all.truncate(options.limit as usize);
+        }
+        Ok(all)
+    }
+
+    async fn scan_page(
+        &self,
+        start: Bytes,
+        end: Bytes,
+        limit: u32,
+        options: &ScanOptions,
+    ) -> Result<ScanPage, Error> {
+        let req = kv::ScanRequest {
+            keyspace: options.keyspace.clone(),
+            start,
+            end,
+            limit,
+            consistency: options.consistency.to_proto(),
+            keys_only: options.keys_only,
+        };
+        let resp = self
+            .call(req, |mut c, r| async move { c.scan(r).await })
+            .await?;
+        Ok(ScanPage {
+            kvs: resp.kvs.into_iter().map(KeyValue::from).collect(),
+            more: resp.more,
+        })
+    }
+
+    /// Reads many keys at once; one entry per key, in the order given (`None`: absent).
+    /// The router splits the batch per shard group and reads the groups in parallel.
+    pub async fn batch_get(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Bytes>>,
+        options: &ReadOptions,
+    ) -> Result<Vec<Option<Versioned>>, Error> {
+        let req = kv::BatchGetRequest {
+            keyspace: options.keyspace.clone(),
+            keys: keys.into_iter().map(Into::into).collect(),
+            consistency: options.consistency.to_proto(),
+        };
+        let wanted = req.keys.len();
+        let resp = self
+            .call(req, |mut c, r| async move { c.batch_get(r).await })
+            .await?;
+        if resp.results.len() != wanted {
+            return Err(Error::Server {
+                status: tonic::Code::Internal,
+                code: None,
+                message: format!(
+                    "batch get asked for {wanted} keys but got {} results",
+                    resp.results.len()
+                ),
+            });
+        }
+        Ok(resp
+            .results
+            .into_iter()
+            .map(Versioned::from_proto)
+            .collect())
+    }
+
+    /// Writes many keys at once; returns each entry's new version, in the order given.
+    ///
+    /// The batch is not atomic across shard groups: on an error some entries may have been
+    /// written. `options.if_version` is not supported here and is refused.
+    pub async fn batch_put(
+        &self,
+        kvs: impl IntoIterator<Item = (impl Into<Bytes>, impl Into<Bytes>)>,
+        options: &WriteOptions,
+    ) -> Result<Vec<u64>, Error> {
+        if options.if_version.is_some() {
+            return Err(Error::invalid("batch_put does not support if_version"));
+        }
+        let req = kv::BatchPutRequest {
+            keyspace: options.keyspace.clone(),
+            kvs: kvs
+                .into_iter()
+                .map(|(key, value)| kv::KeyValue {
+                    key: key.into(),
+                    value: value.into(),
+                    version: 0,
+                })
+                .collect(),
+            consistency: options.consistency.to_proto(),
+        };
+        let resp = self
+            .call(req, |mut c, r| async move { c.batch_put(r).await })
+            .await?;
+        Ok(resp.versions)
+    }
+
+    /// Runs one RPC within the call's time budget, retrying retryable failures with backoff
+    /// and moving to the next router after transport errors and `UNAVAILABLE`.
+    async fn call<Req, Resp, F, Fut>(&self, req: Req, mut rpc: F) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: FnMut(KvClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let options = &self.inner.options;
+        let deadline = Instant::now() + options.timeout;
+        let mut retry = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Timeout);
+            }
+            let index = self.inner.current.load(Ordering::Relaxed) % self.inner.routers.len();
+            let router = &self.inner.routers[index];
+            let mut request = tonic::Request::new(req.clone());
+            // The header tells the router how long we wait, so it can give up in time too;
+            // the local timeout covers a router that never answers at all.
+            request.set_timeout(remaining);
+            let outcome =
+                tokio::time::timeout(remaining, rpc(router.client.clone(), request)).await;
+            let err = match outcome {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => from_status(&status),
+                Err(_elapsed) => Error::Timeout,
+            };
+            tracing::debug!(router = %router.url, retry, error = %err, "call failed");
+            if !err.is_retryable() || retry >= options.max_retries {
+                return Err(err);
+            }
+            if matches!(err, Error::Transport(_) | Error::Unavailable { .. }) {
+                self.rotate_from(index);
+            }
+            let wait = retry::backoff(options, retry);
+            if Instant::now() + wait >= deadline {
+                // No time left for another attempt: the last error says more than "timeout".
+                return Err(err);
+            }
+            tokio::time::sleep(wait).await;
+            retry += 1;
+        }
+    }
+
+    /// Moves to the router after `index`, unless another task has already moved on.
+    fn rotate_from(&self, index: usize) {
+        let count = self.inner.routers.len();
+        if count > 1 {
+            let _ = self.inner.current.compare_exchange(
+                index,
+                (index + 1) % count,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// The smallest key after `key`: `key` followed by a zero byte. Where the next scan page
+/// starts.
+pub fn next_start(key: &[u8]) -> Bytes {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn next_start_appends_zero() {
+        assert_eq!(&next_start(b"a")[..], b"a\0");
+        assert_eq!(&next_start(b"")[..], b"\0");
+        assert!(next_start(b"a").as_ref() > b"a".as_ref());
+        assert!(next_start(b"a").as_ref() < b"a\0\0".as_ref());
+    }
+
+    #[tokio::test]
+    async fn connect_normalizes_and_refuses_empty_lists() {
+        let c = Client::connect(["127.0.0.1:1", "http://127.0.0.1:2/"]).unwrap();
+        assert_eq!(
+            c.endpoints().collect::<Vec<_>>(),
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        assert!(matches!(
+            Client::connect(Vec::<String>::new()),
+            Err(Error::InvalidEndpoint { .. })
+        ));
+        assert!(matches!(
+            Client::connect(["https://x:1"]),
+            Err(Error::InvalidEndpoint { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn rotation_moves_once_per_failure() {
+        let c = Client::connect(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]).unwrap();
+        c.rotate_from(0);
+        // A second task that failed on router 0 does not skip router 1.
+        c.rotate_from(0);
+        assert_eq!(c.inner.current.load(Ordering::Relaxed), 1);
+        c.rotate_from(1);
+        c.rotate_from(2);
+        assert_eq!(c.inner.current.load(Ordering::Relaxed), 0);
+    }
+
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn client_is_shareable() {
+        assert_send_sync::<Client>();
+    }
+
+    /// Nothing listens on the port: the call fails as a transport error, after retrying
+    /// within its budget, and never hangs.
+    #[tokio::test]
+    async fn unreachable_router_is_a_transport_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let c = Client::with_options(
+            [addr.to_string()],
+            ClientOptions {
+                timeout: Duration::from_secs(2),
+                max_retries: 2,
+                initial_backoff: Duration::from_millis(1),
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = c.get("a").await.unwrap_err();
+        assert!(matches!(err, Error::Transport(_)), "{err:?}");
+        assert!(err.is_retryable());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn client_side_checks_fail_fast() {
+        let c = Client::connect(["127.0.0.1:1"]).unwrap();
+        let err = c
+            .batch_put(
+                [("a", "1")],
+                &WriteOptions {
+                    if_version: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { code: None, .. }));
+    }
+}
