@@ -6,15 +6,22 @@
 //!
 //! - [`ClusterMap`]: the versioned document the meta group stores (nodes, groups, keyspaces).
 //! - [`Placement`]: a keyspace's strategy compiled for lookups (the hash ring is built once).
-//! - [`ring`]: the consistent-hash ring and its stable hashing.
+//! - [`ring`], [`range`], [`directory`]: the three strategies.
+//! - [`change`]: the changes an operator can make to the map, validated and applied purely.
 //! - [`Limits`]: the size limits on keys and values that routers and nodes both enforce.
 
+pub mod change;
+pub mod directory;
+pub mod range;
 pub mod ring;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use change::{KeyspaceSpec, MapChange, StrategyKind};
+pub use directory::{directory_of, prefix_end, DirectoryPlacement};
+pub use range::RangePlacement;
 pub use ring::HashPlacement;
 
 /// A storage node's id, as given in `--initial-cluster`.
@@ -43,6 +50,10 @@ pub enum MapError {
     InvalidCluster(String),
     #[error("unknown shard group {0}")]
     UnknownGroup(GroupId),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("keyspace {0:?} already exists")]
+    KeyspaceExists(String),
 }
 
 /// A storage node as the map knows it.
@@ -69,6 +80,33 @@ pub struct GroupInfo {
 pub enum Strategy {
     /// Consistent hashing over the keyspace's groups, `vnodes` tokens per group.
     Hash { vnodes: u32 },
+    /// Sorted split keys: group `i` holds `[split_points[i-1], split_points[i])`.
+    Range { split_points: Vec<Vec<u8>> },
+    /// A table from directory (key prefix before `separator`) to group; other keys follow
+    /// `fallback` (hash or range over the keyspace's groups).
+    Directory {
+        separator: Vec<u8>,
+        fallback: Box<Strategy>,
+        entries: Vec<DirectoryEntry>,
+    },
+}
+
+impl Strategy {
+    /// The strategy's name as operators type it.
+    pub fn kind(&self) -> StrategyKind {
+        match self {
+            Strategy::Hash { .. } => StrategyKind::Hash,
+            Strategy::Range { .. } => StrategyKind::Range,
+            Strategy::Directory { .. } => StrategyKind::Directory,
+        }
+    }
+}
+
+/// One row of a directory table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    pub directory: Vec<u8>,
+    pub group: GroupId,
 }
 
 /// A named set of keys with its own placement strategy and groups.
@@ -79,6 +117,10 @@ pub struct Keyspace {
     /// The groups, in the order the strategy refers to them.
     pub groups: Vec<GroupId>,
     pub replication: usize,
+    /// The map epoch at which this keyspace's key-to-group mapping last changed. A node rejects
+    /// requests routed with an older map epoch than this.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The versioned cluster map held by the meta group. Every change raises `epoch`.
@@ -169,6 +211,7 @@ impl ClusterMap {
                 },
                 groups: data_groups,
                 replication,
+                epoch: 1,
             },
         );
         Ok(ClusterMap {
@@ -215,6 +258,8 @@ pub fn keyspace_name(name: &str) -> &str {
 #[derive(Debug, Clone)]
 pub enum Placement {
     Hash(HashPlacement),
+    Range(RangePlacement),
+    Directory(DirectoryPlacement),
 }
 
 impl Placement {
@@ -223,26 +268,60 @@ impl Placement {
         if ks.groups.is_empty() {
             return Err(MapError::NoGroups(ks.name.clone()));
         }
-        match &ks.strategy {
-            Strategy::Hash { vnodes } => {
-                Ok(Placement::Hash(HashPlacement::new(&ks.groups, *vnodes)))
+        Placement::compile(&ks.strategy, &ks.groups)
+    }
+
+    fn compile(strategy: &Strategy, groups: &[GroupId]) -> Result<Placement, MapError> {
+        Ok(match strategy {
+            Strategy::Hash { vnodes } => Placement::Hash(HashPlacement::new(groups, *vnodes)),
+            Strategy::Range { split_points } => {
+                if split_points.len() + 1 != groups.len() {
+                    return Err(MapError::Invalid(format!(
+                        "{} split points need {} groups, not {}",
+                        split_points.len(),
+                        split_points.len() + 1,
+                        groups.len()
+                    )));
+                }
+                Placement::Range(RangePlacement::new(split_points, groups))
             }
-        }
+            Strategy::Directory {
+                separator,
+                fallback,
+                entries,
+            } => Placement::Directory(DirectoryPlacement::new(
+                separator,
+                entries.iter().map(|e| (e.directory.clone(), e.group)),
+                Placement::compile(fallback, groups)?,
+                groups,
+            )),
+        })
     }
 
     /// The group that holds `key`.
     pub fn locate(&self, key: &[u8]) -> GroupId {
         match self {
             Placement::Hash(h) => h.locate(key),
+            Placement::Range(r) => r.locate(key),
+            Placement::Directory(d) => d.locate(key),
         }
     }
 
-    /// The groups a scan of `[start, end)` must visit, in the order it must visit them. For
-    /// hash placement that is every group (keys are spread without order).
-    pub fn groups_for_scan(&self, _start: &[u8], _end: &[u8]) -> Vec<GroupId> {
+    /// The groups a scan of `[start, end)` must visit, in the order it must visit them. For a
+    /// range keyspace that is the overlapping ranges in key order, so a scan can stop at its
+    /// limit without reading later groups; for hash and directory keyspaces, every group.
+    pub fn groups_for_scan(&self, start: &[u8], end: &[u8]) -> Vec<GroupId> {
         match self {
             Placement::Hash(h) => h.groups().to_vec(),
+            Placement::Range(r) => r.groups_for_scan(start, end),
+            Placement::Directory(d) => d.groups_for_scan(start, end),
         }
+    }
+
+    /// Whether the groups from [`Self::groups_for_scan`] hold disjoint, increasing key ranges,
+    /// so that results can be concatenated and a scan can stop early.
+    pub fn ordered_scan(&self) -> bool {
+        matches!(self, Placement::Range(_))
     }
 }
 
@@ -274,6 +353,27 @@ impl CompiledMap {
     /// The group that holds `key` in `keyspace`.
     pub fn locate(&self, keyspace: &str, key: &[u8]) -> Result<GroupId, MapError> {
         Ok(self.placement(keyspace)?.locate(key))
+    }
+
+    /// Whether `key` belongs to `group` under this map: what a node checks before applying.
+    /// Errors when the group is unknown or holds no keyspace (the meta group).
+    pub fn owns(&self, group: GroupId, key: &[u8]) -> Result<bool, MapError> {
+        let info = self
+            .map
+            .groups
+            .get(&group)
+            .ok_or(MapError::UnknownGroup(group))?;
+        let placement = self
+            .placements
+            .get(&info.keyspace)
+            .ok_or_else(|| MapError::UnknownKeyspace(info.keyspace.clone()))?;
+        Ok(placement.locate(key) == group)
+    }
+
+    /// The epoch at which the key set of `group`'s keyspace last changed.
+    pub fn key_set_epoch(&self, group: GroupId) -> Option<u64> {
+        let info = self.map.groups.get(&group)?;
+        self.map.keyspaces.get(&info.keyspace).map(|k| k.epoch)
     }
 }
 

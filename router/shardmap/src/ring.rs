@@ -83,6 +83,43 @@ impl HashPlacement {
     pub fn groups(&self) -> &[GroupId] {
         &self.groups
     }
+
+    /// Each group's share of the hash space, in percent, in map order. A token owns the arc
+    /// from the previous token (exclusive) up to itself, as `HashRing::get` assigns keys.
+    pub fn shares(&self) -> Vec<(GroupId, f64)> {
+        let vnodes = self.ring.len() / self.groups.len().max(1);
+        let mut points: Vec<(u64, GroupId)> = self
+            .groups
+            .iter()
+            .flat_map(|&group| {
+                (0..vnodes as u32).map(move |vnode| (position(&Token { group, vnode }), group))
+            })
+            .collect();
+        points.sort_unstable();
+        let mut owned: std::collections::BTreeMap<GroupId, f64> =
+            self.groups.iter().map(|g| (*g, 0.0)).collect();
+        for (i, (pos, group)) in points.iter().enumerate() {
+            let arc = if i == 0 {
+                // The first token also owns the wrap-around arc after the last one.
+                pos.wrapping_sub(points[points.len() - 1].0)
+            } else {
+                pos - points[i - 1].0
+            };
+            *owned.entry(*group).or_default() += arc as f64;
+        }
+        let total = 2f64.powi(64);
+        self.groups
+            .iter()
+            .map(|g| (*g, owned.get(g).copied().unwrap_or(0.0) / total * 100.0))
+            .collect()
+    }
+}
+
+/// A token's position on the ring, computed as `hashring` does (SipHash-2-4, keys 0, 0).
+fn position(t: &Token) -> u64 {
+    let mut h = siphasher::sip::SipHasher::new();
+    t.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -132,6 +169,28 @@ mod tests {
             assert!(
                 c > fair * 8 / 10 && c < fair * 12 / 10,
                 "group {g}: {c} vs fair {fair}"
+            );
+        }
+    }
+
+    #[test]
+    fn shares_sum_to_100_and_match_sampling() {
+        let p = HashPlacement::new(&[1, 2, 3, 4], 256);
+        let shares = p.shares();
+        let sum: f64 = shares.iter().map(|(_, s)| s).sum();
+        assert!((sum - 100.0).abs() < 1e-6, "sum {sum}");
+        let n = 40_000;
+        let mut counts: HashMap<GroupId, usize> = HashMap::new();
+        for i in 0..n {
+            *counts
+                .entry(p.locate(format!("s{i}").as_bytes()))
+                .or_default() += 1;
+        }
+        for (g, share) in shares {
+            let sampled = counts[&g] as f64 / n as f64 * 100.0;
+            assert!(
+                (sampled - share).abs() < 1.5,
+                "group {g}: share {share} sampled {sampled}"
             );
         }
     }
