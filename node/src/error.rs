@@ -5,7 +5,7 @@ use shardmap::LimitError;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::types::{GroupId, NodeId};
+use crate::types::{GroupId, MapChangeRefused, NodeId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -28,6 +28,28 @@ pub enum NodeError {
     Storage(String),
     #[error("raft stopped: {0}")]
     Fatal(String),
+    #[error("request for shard group {group} was routed with map epoch {request}, older than the group's key set (node map epoch {current}): refresh the map")]
+    StaleEpoch {
+        group: GroupId,
+        request: u64,
+        current: u64,
+    },
+    #[error("key does not belong to shard group {group} under map epoch {epoch}: refresh the map")]
+    WrongGroup { group: GroupId, epoch: u64 },
+    #[error("{}", describe_refusal(.0))]
+    MapChange(MapChangeRefused),
+}
+
+fn describe_refusal(r: &MapChangeRefused) -> String {
+    match r {
+        MapChangeRefused::StaleEpoch { current } => {
+            format!("the cluster map changed meanwhile (now epoch {current}): retry")
+        }
+        MapChangeRefused::Invalid(m) => m.clone(),
+        MapChangeRefused::UnknownKeyspace(k) => format!("unknown keyspace {k:?}"),
+        MapChangeRefused::KeyspaceExists(k) => format!("keyspace {k:?} already exists"),
+        MapChangeRefused::NoMap => "the cluster map is not stored yet".into(),
+    }
 }
 
 impl From<NodeError> for Status {
@@ -50,6 +72,17 @@ impl From<NodeError> for Status {
             NodeError::MapNotReady => (Code::Unavailable, codes::NOT_READY),
             NodeError::Storage(_) => (Code::Internal, "STORAGE"),
             NodeError::Fatal(_) => (Code::Unavailable, "SHUTTING_DOWN"),
+            NodeError::StaleEpoch { .. } => (Code::Aborted, codes::STALE_EPOCH),
+            NodeError::WrongGroup { .. } => (Code::Aborted, codes::WRONG_GROUP),
+            NodeError::MapChange(r) => match r {
+                MapChangeRefused::StaleEpoch { .. } => (Code::Aborted, codes::STALE_EPOCH),
+                MapChangeRefused::Invalid(_) => (Code::InvalidArgument, codes::INVALID_MAP_CHANGE),
+                MapChangeRefused::UnknownKeyspace(_) => (Code::NotFound, codes::UNKNOWN_KEYSPACE),
+                MapChangeRefused::KeyspaceExists(_) => {
+                    (Code::AlreadyExists, codes::KEYSPACE_EXISTS)
+                }
+                MapChangeRefused::NoMap => (Code::Unavailable, codes::NOT_READY),
+            },
         };
         let mut status = Status::new(code, message);
         let md = status.metadata_mut();

@@ -10,12 +10,15 @@
 //! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map` | bincode |
 //!
 //! The node tree `node` holds `config`: the bootstrap configuration (JSON) written on first
-//! start, so that a restart from the data dir ignores changed flags.
+//! start, so that a restart from the data dir ignores changed flags, and `map`: the newest
+//! cluster map the node has seen.
 
 use crate::types::GroupId;
 
 pub const NODE_TREE: &str = "node";
 pub const NODE_CONFIG: &[u8] = b"config";
+/// The newest cluster map this node has seen (JSON), so a restart knows its groups at once.
+pub const NODE_MAP: &[u8] = b"map";
 
 pub const VOTE: &[u8] = b"vote";
 pub const COMMITTED: &[u8] = b"committed";

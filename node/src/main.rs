@@ -44,11 +44,12 @@ struct Args {
     /// Log entries kept behind a snapshot.
     #[arg(long, env = "KVNODE_MAX_LOGS_KEPT", default_value_t = 1_000)]
     max_logs_kept: u64,
-    /// Raft heartbeat interval in milliseconds.
-    #[arg(long, env = "KVNODE_HEARTBEAT_MS", default_value_t = 100)]
+    /// Raft heartbeat interval in milliseconds. openraft 0.9 also uses it as the deadline of
+    /// each AppendEntries call, so it must cover sending the largest batch to a busy follower.
+    #[arg(long, env = "KVNODE_HEARTBEAT_MS", default_value_t = 200)]
     heartbeat_ms: u64,
     /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
-    #[arg(long, env = "KVNODE_ELECTION_TIMEOUT_MS", default_value_t = 600)]
+    #[arg(long, env = "KVNODE_ELECTION_TIMEOUT_MS", default_value_t = 1_000)]
     election_timeout_ms: u64,
     /// sled page cache size in MiB.
     #[arg(long, env = "KVNODE_CACHE_MB", default_value_t = 256)]

@@ -10,11 +10,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kv_proto::node::node_client::NodeClient;
-use kv_proto::node::GroupStatusRequest;
+use kv_proto::node::{GroupStatusRequest, WatchClusterMapRequest};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use shardmap::{ClusterMap, Limits, META_GROUP};
+use shardmap::{ClusterMap, CompiledMap, Limits, META_GROUP};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::NodeError;
@@ -54,8 +55,8 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_ms: 100,
-            election_timeout_ms: 600,
+            heartbeat_ms: 200,
+            election_timeout_ms: 1_000,
             snapshot_logs: 10_000,
             max_logs_kept: 1_000,
         }
@@ -78,17 +79,41 @@ pub struct Group {
     pub data: GroupData,
 }
 
+/// The node's current cluster map, compiled, with its JSON form for serving.
+pub struct MapState {
+    pub compiled: CompiledMap,
+    pub json: Vec<u8>,
+}
+
+impl MapState {
+    fn new(map: ClusterMap) -> Result<MapState, NodeError> {
+        let json = serde_json::to_vec(&map).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let compiled = CompiledMap::new(map).map_err(|e| NodeError::Storage(e.to_string()))?;
+        Ok(MapState { compiled, json })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.compiled.map.epoch
+    }
+}
+
 /// A running node.
 pub struct Node {
     pub id: NodeId,
     pub limits: Limits,
     pub request_timeout: Duration,
-    /// The bootstrap map: which groups exist and where, until the meta group says otherwise.
-    pub initial_map: ClusterMap,
+    /// The newest cluster map this node knows. Meta replicas follow their own state machine;
+    /// other nodes watch a meta replica. Groups are started and stopped to match it.
+    map: watch::Sender<Arc<MapState>>,
     // std RwLock: the map of groups is read on every request and never held across an await.
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     pub flusher: Flusher,
     db: sled::Db,
+    node_tree: sled::Tree,
+    tuning: RaftTuning,
+    pool: PeerPool,
+    /// Serializes group starts and stops.
+    reconciling: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -105,37 +130,212 @@ impl Node {
             .cache_capacity(config.cache_capacity_bytes)
             .open()?;
         let flusher = Flusher::start(db.clone()).map_err(|e| NodeError::Storage(e.to_string()))?;
-        let stored = load_or_store_config(&db, &config)?;
+        let node_tree = db.open_tree(keys::NODE_TREE)?;
+        let stored = load_or_store_config(&node_tree, &config)?;
         flusher
             .wait_durable()
             .await
             .map_err(|e| NodeError::Storage(e.to_string()))?;
-        let initial_map =
+        let bootstrap =
             ClusterMap::bootstrap(&stored.initial_cluster, stored.shards, stored.replication)
                 .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        // The last map this node saw, if newer than the bootstrap one: a restart starts the
+        // groups created since without waiting for the meta group.
+        let mut map = bootstrap.clone();
+        if let Some(raw) = node_tree.get(keys::NODE_MAP)? {
+            if let Ok(last) = serde_json::from_slice::<ClusterMap>(&raw) {
+                if last.epoch > map.epoch {
+                    map = last;
+                }
+            }
+        }
         let node = Arc::new(Node {
             id: stored.id,
             limits: config.limits,
             request_timeout: config.request_timeout,
-            initial_map,
+            map: watch::channel(Arc::new(MapState::new(map)?)).0,
             groups: RwLock::new(HashMap::new()),
             flusher,
             db,
+            node_tree,
+            tuning: config.raft,
+            pool: PeerPool::default(),
+            reconciling: tokio::sync::Mutex::new(()),
         });
-        let pool = PeerPool::default();
-        for group in node.initial_map.groups_on(node.id) {
-            node.start_group(group, &config.raft, &pool).await?;
+        node.reconcile().await?;
+        if let Ok(meta) = node.group(META_GROUP) {
+            node.load_meta_map(&meta);
+            tokio::spawn(node.clone().store_initial_map(bootstrap, shutdown.clone()));
+            tokio::spawn(node.clone().follow_local_meta(meta, shutdown.clone()));
+        } else {
+            tokio::spawn(node.clone().follow_remote_meta(shutdown.clone()));
         }
-        tokio::spawn(node.clone().store_initial_map(pool, shutdown));
+        tokio::spawn(node.clone().reconcile_on_change(shutdown));
         Ok(node)
     }
 
-    async fn start_group(
-        &self,
-        group: GroupId,
-        tuning: &RaftTuning,
-        pool: &PeerPool,
-    ) -> Result<(), NodeError> {
+    /// The current map.
+    pub fn map(&self) -> Arc<MapState> {
+        self.map.borrow().clone()
+    }
+
+    /// A receiver that sees every new map.
+    pub fn subscribe_map(&self) -> watch::Receiver<Arc<MapState>> {
+        self.map.subscribe()
+    }
+
+    /// Installs `json` as the current map if it is newer; remembers it in the data dir.
+    fn publish_map(&self, json: &[u8]) -> Result<bool, NodeError> {
+        let map: ClusterMap = serde_json::from_slice(json)
+            .map_err(|e| NodeError::Storage(format!("cluster map: {e}")))?;
+        if map.epoch <= self.map.borrow().epoch() {
+            return Ok(false);
+        }
+        let epoch = map.epoch;
+        let state = Arc::new(MapState::new(map)?);
+        self.node_tree.insert(keys::NODE_MAP, json)?;
+        self.map.send_if_modified(|cur| {
+            if state.epoch() > cur.epoch() {
+                *cur = state;
+                true
+            } else {
+                false
+            }
+        });
+        tracing::info!(epoch, "cluster map updated");
+        Ok(true)
+    }
+
+    fn load_meta_map(&self, meta: &Group) {
+        match meta.data.cluster_map() {
+            Ok(Some(raw)) => {
+                if let Err(e) = self.publish_map(&raw) {
+                    tracing::warn!(error = %e, "loading the meta group's map");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the meta group's map"),
+        }
+    }
+
+    /// Meta replicas: publish every map their state machine applies.
+    async fn follow_local_meta(self: Arc<Self>, meta: Arc<Group>, shutdown: CancellationToken) {
+        let mut changes = meta.data.watch_map();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            self.load_meta_map(&meta);
+        }
+    }
+
+    /// Other nodes: watch the map from a meta replica, moving to another on failure.
+    async fn follow_remote_meta(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut attempt = 0usize;
+        loop {
+            let addrs: Vec<String> = {
+                let m = self.map();
+                m.compiled
+                    .map
+                    .replicas(META_GROUP)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|id| m.compiled.map.node_addr(*id).map(str::to_string))
+                    .collect()
+            };
+            if let Some(addr) = addrs.get(attempt % addrs.len().max(1)) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    res = self.watch_from(addr) => {
+                        if let Err(e) = res {
+                            tracing::debug!(addr, error = %e, "map watch ended");
+                        }
+                    }
+                }
+            }
+            attempt += 1;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
+    }
+
+    async fn watch_from(&self, addr: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let channel = self.pool.channel(addr)?;
+        let mut client =
+            NodeClient::new(channel).max_decoding_message_size(kv_proto::MAX_MESSAGE_BYTES);
+        let from_epoch = self.map.borrow().epoch();
+        let mut stream = client
+            .watch_cluster_map(WatchClusterMapRequest { from_epoch })
+            .await?
+            .into_inner();
+        while let Some(msg) = stream.message().await? {
+            self.publish_map(&msg.map_json)?;
+        }
+        Ok(())
+    }
+
+    async fn reconcile_on_change(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.subscribe_map();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            if let Err(e) = self.reconcile().await {
+                tracing::error!(error = %e, "starting or stopping groups for the new map");
+            }
+        }
+    }
+
+    /// Starts the groups the map places here and stops those it no longer lists.
+    async fn reconcile(&self) -> Result<(), NodeError> {
+        let _guard = self.reconciling.lock().await;
+        let map = self.map();
+        let wanted = map.compiled.map.groups_on(self.id);
+        let running: Vec<GroupId> = self.groups().iter().map(|g| g.id).collect();
+        for g in &wanted {
+            if !running.contains(g) {
+                self.start_group(*g, &map.compiled.map).await?;
+            }
+        }
+        for g in running {
+            if !map.compiled.map.groups.contains_key(&g) {
+                self.drop_group(g).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop_group(&self, id: GroupId) {
+        let Some(group) = self
+            .groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        else {
+            return;
+        };
+        if let Err(e) = group.raft.shutdown().await {
+            tracing::warn!(group = id, error = %e, "raft shutdown");
+        }
+        for tree in [
+            keys::log_tree(id),
+            keys::raft_tree(id),
+            keys::data_tree(id),
+            keys::sm_tree(id),
+        ] {
+            if let Err(e) = self.db.drop_tree(tree.as_bytes()) {
+                tracing::warn!(group = id, tree, error = %e, "dropping tree");
+            }
+        }
+        tracing::info!(group = id, "stopped and removed a dropped shard group");
+    }
+
+    async fn start_group(&self, group: GroupId, map: &ClusterMap) -> Result<(), NodeError> {
+        let tuning = &self.tuning;
         let raft_config = openraft::Config {
             cluster_name: format!("kv-group-{group}"),
             heartbeat_interval: tuning.heartbeat_ms,
@@ -155,13 +355,12 @@ impl Node {
         let data = sm.data();
         let network = GroupNetwork {
             group,
-            pool: pool.clone(),
+            pool: self.pool.clone(),
         };
         let raft = Raft::new(self.id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
-        let replicas = self
-            .initial_map
+        let replicas = map
             .replicas(group)
             .map_err(|e| NodeError::BadRequest(e.to_string()))?
             .to_vec();
@@ -174,15 +373,11 @@ impl Node {
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
         if !initialized
             && replicas.first() == Some(&self.id)
-            && !self.peers_run_group(group, &replicas).await
+            && !self.peers_run_group(group, &replicas, map).await
         {
             let members: BTreeMap<NodeId, BasicNode> = replicas
                 .iter()
-                .filter_map(|id| {
-                    self.initial_map
-                        .node_addr(*id)
-                        .map(|a| (*id, BasicNode::new(a)))
-                })
+                .filter_map(|id| map.node_addr(*id).map(|a| (*id, BasicNode::new(a))))
                 .collect();
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(group, "initialized shard group"),
@@ -202,9 +397,9 @@ impl Node {
     }
 
     /// Whether any peer already runs `group` with a leader or a term above zero.
-    async fn peers_run_group(&self, group: GroupId, replicas: &[NodeId]) -> bool {
+    async fn peers_run_group(&self, group: GroupId, replicas: &[NodeId], map: &ClusterMap) -> bool {
         for peer in replicas.iter().filter(|p| **p != self.id) {
-            let Some(addr) = self.initial_map.node_addr(*peer) else {
+            let Some(addr) = map.node_addr(*peer) else {
                 continue;
             };
             let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
@@ -213,7 +408,9 @@ impl Node {
             let ep = ep
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(Duration::from_secs(1));
-            let Ok(ch) = ep.connect().await else { continue };
+            let Ok(ch) = ep.connect().await else {
+                continue;
+            };
             if let Ok(resp) = NodeClient::new(ch)
                 .group_status(GroupStatusRequest {})
                 .await
@@ -236,12 +433,16 @@ impl Node {
         false
     }
 
-    /// Proposes the bootstrap map to the meta group until it is stored.
-    async fn store_initial_map(self: Arc<Self>, _pool: PeerPool, shutdown: CancellationToken) {
-        let Some(meta) = self.group(META_GROUP).ok() else {
+    /// Proposes the bootstrap map to the meta group until one is stored.
+    async fn store_initial_map(
+        self: Arc<Self>,
+        bootstrap: ClusterMap,
+        shutdown: CancellationToken,
+    ) {
+        let Ok(meta) = self.group(META_GROUP) else {
             return;
         };
-        let Ok(json) = serde_json::to_vec(&self.initial_map) else {
+        let Ok(json) = serde_json::to_vec(&bootstrap) else {
             return;
         };
         loop {
@@ -251,7 +452,7 @@ impl Node {
             let leader = meta.raft.metrics().borrow().current_leader;
             if leader == Some(self.id) {
                 let req = Request::SetClusterMap {
-                    epoch: self.initial_map.epoch,
+                    epoch: bootstrap.epoch,
                     map_json: json.clone(),
                 };
                 match meta.raft.client_write(req).await {
@@ -287,31 +488,55 @@ impl Node {
         v
     }
 
-    /// The cluster map as JSON with its epoch: the meta group's if this node hosts it, else the
-    /// bootstrap map (identical until maps can change; watching the meta group comes next).
-    pub fn cluster_map(&self) -> Result<(u64, Vec<u8>), NodeError> {
-        match self.group(META_GROUP) {
-            Ok(meta) => {
-                let raw = meta.data.cluster_map()?.ok_or(NodeError::MapNotReady)?;
-                let map: ClusterMap = serde_json::from_slice(&raw)
-                    .map_err(|e| NodeError::Storage(format!("stored cluster map: {e}")))?;
-                Ok((map.epoch, raw.to_vec()))
-            }
-            Err(_) => {
-                let json = serde_json::to_vec(&self.initial_map)
-                    .map_err(|e| NodeError::Storage(e.to_string()))?;
-                Ok((self.initial_map.epoch, json))
-            }
-        }
+    /// Whether the node can serve: every group it hosts has a leader.
+    pub fn ready(&self) -> bool {
+        self.groups()
+            .iter()
+            .all(|g| g.raft.metrics().borrow().current_leader.is_some())
     }
 
-    /// Whether the node can serve: its map is known and every group it hosts has a leader.
-    pub fn ready(&self) -> bool {
-        self.cluster_map().is_ok()
-            && self
-                .groups()
-                .iter()
-                .all(|g| g.raft.metrics().borrow().current_leader.is_some())
+    /// Checks that a data request was routed with a current map and that its keys belong to
+    /// the group. A router ahead of this node is given a moment for the node's map to catch up.
+    pub async fn check_routing<'k>(
+        &self,
+        group: GroupId,
+        epoch: u64,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Result<(), NodeError> {
+        if group == META_GROUP {
+            return Err(NodeError::BadRequest(
+                "group 0 is the meta group and holds no user keys".into(),
+            ));
+        }
+        if epoch > self.map.borrow().epoch() {
+            let mut rx = self.subscribe_map();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|m| m.epoch() >= epoch))
+                    .await;
+        }
+        let map = self.map();
+        let key_set_epoch = map.compiled.key_set_epoch(group).unwrap_or(0);
+        if epoch != 0 && epoch < key_set_epoch {
+            return Err(NodeError::StaleEpoch {
+                group,
+                request: epoch,
+                current: map.epoch(),
+            });
+        }
+        for key in keys {
+            match map.compiled.owns(group, key) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(NodeError::WrongGroup {
+                        group,
+                        epoch: map.epoch(),
+                    })
+                }
+                // A group missing from this node's map: dropped, or created after it.
+                Err(_) => return Err(NodeError::UnknownGroup(group)),
+            }
+        }
+        Ok(())
     }
 
     /// Proposes a write to a group and waits until it is committed and applied.
@@ -333,6 +558,40 @@ impl Node {
             Err(RaftError::APIError(e)) => Err(NodeError::BadRequest(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(NodeError::Fatal(e.to_string())),
         }
+    }
+
+    /// Applies a map change through the meta group and waits until this node serves the map.
+    pub async fn change_map(
+        &self,
+        change_json: Vec<u8>,
+        expected_epoch: u64,
+    ) -> Result<Arc<MapState>, NodeError> {
+        let meta = self.group(META_GROUP).map_err(|_| NodeError::NotLeader {
+            group: META_GROUP,
+            leader: None,
+        })?;
+        let epoch = match self
+            .write(
+                &meta,
+                Request::ChangeMap {
+                    change_json,
+                    expected_epoch,
+                },
+            )
+            .await?
+        {
+            Response::MapChanged(Ok(epoch)) => epoch,
+            Response::MapChanged(Err(refused)) => return Err(NodeError::MapChange(refused)),
+            other => {
+                return Err(NodeError::Storage(format!(
+                    "unexpected apply result {other}"
+                )))
+            }
+        };
+        let mut rx = self.subscribe_map();
+        let _ =
+            tokio::time::timeout(self.request_timeout, rx.wait_for(|m| m.epoch() >= epoch)).await;
+        Ok(self.map())
     }
 
     /// Waits until a read on this replica is linearizable: it is the leader, a quorum agrees,
@@ -373,8 +632,7 @@ impl Node {
     }
 }
 
-fn load_or_store_config(db: &sled::Db, config: &NodeConfig) -> Result<StoredConfig, NodeError> {
-    let tree = db.open_tree(keys::NODE_TREE)?;
+fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<StoredConfig, NodeError> {
     if let Some(raw) = tree.get(keys::NODE_CONFIG)? {
         let stored: StoredConfig = serde_json::from_slice(&raw)
             .map_err(|e| NodeError::Storage(format!("stored node config: {e}")))?;

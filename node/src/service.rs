@@ -1,6 +1,7 @@
 //! The gRPC services: `Node` (data RPCs naming a group, cluster map, status) and `Raft` (the
 //! multi-raft transport). Handlers stay thin: decode, call [`Node`], encode.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,12 +10,15 @@ use kv_proto::node::node_server::Node as NodeApi;
 use kv_proto::node::raft_server::Raft as RaftApi;
 use kv_proto::node::{
     write_op, GetClusterMapRequest, GetClusterMapResponse, GroupStatus, GroupStatusRequest,
-    GroupStatusResponse, NodeScanRequest, NodeScanResponse, RaftReply, RaftRequest, ReadRequest,
-    ReadResponse, ReadResult, WriteRequest, WriteResponse, WriteResult,
+    GroupStatusResponse, NodeScanRequest, NodeScanResponse, ProposeMapChangeRequest,
+    ProposeMapChangeResponse, RaftReply, RaftRequest, ReadRequest, ReadResponse, ReadResult,
+    WatchClusterMapRequest, WriteRequest, WriteResponse, WriteResult,
 };
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::error::NodeError;
@@ -86,6 +90,9 @@ impl NodeApi for NodeService {
         let req = request.into_inner();
         let group = self.node.group(req.group_id)?;
         let ops = self.decode_ops(req.ops)?;
+        self.node
+            .check_routing(group.id, req.epoch, ops.iter().map(|op| op.key()))
+            .await?;
         let results = match self.node.write(&group, Command::Write { ops }).await? {
             CommandResponse::Write(r) => r,
             other => {
@@ -114,6 +121,9 @@ impl NodeApi for NodeService {
         for k in &req.keys {
             self.node.limits.check_key(k).map_err(NodeError::from)?;
         }
+        self.node
+            .check_routing(group.id, req.epoch, req.keys.iter().map(|k| k.as_ref()))
+            .await?;
         self.read_barrier(&group, req.consistency).await?;
         let applied_index = group.data.applied_index();
         let mut results = Vec::with_capacity(req.keys.len());
@@ -144,6 +154,11 @@ impl NodeApi for NodeService {
             .limits
             .check_range(&req.start, &req.end)
             .map_err(NodeError::from)?;
+        // Keys in a group's tree always belong to it (writes are checked), so a scan checks
+        // only that the router's map is current.
+        self.node
+            .check_routing(group.id, req.epoch, std::iter::empty())
+            .await?;
         let limit = match req.limit as usize {
             0 => DEFAULT_SCAN_LIMIT,
             n => n.min(MAX_SCAN_LIMIT),
@@ -187,10 +202,46 @@ impl NodeApi for NodeService {
         &self,
         _request: Request<GetClusterMapRequest>,
     ) -> Result<GrpcResponse<GetClusterMapResponse>, Status> {
-        let (epoch, json) = self.node.cluster_map()?;
+        let map = self.node.map();
         Ok(GrpcResponse::new(GetClusterMapResponse {
-            epoch,
-            map_json: json.into(),
+            epoch: map.epoch(),
+            map_json: map.json.clone().into(),
+        }))
+    }
+
+    type WatchClusterMapStream =
+        Pin<Box<dyn Stream<Item = Result<GetClusterMapResponse, Status>> + Send + 'static>>;
+
+    async fn watch_cluster_map(
+        &self,
+        request: Request<WatchClusterMapRequest>,
+    ) -> Result<GrpcResponse<Self::WatchClusterMapStream>, Status> {
+        let from_epoch = request.into_inner().from_epoch;
+        // WatchStream yields the current map first, then every change; skip what the watcher
+        // already has.
+        let stream = WatchStream::new(self.node.subscribe_map())
+            .filter(move |m| m.epoch() > from_epoch)
+            .map(|m| {
+                Ok(GetClusterMapResponse {
+                    epoch: m.epoch(),
+                    map_json: m.json.clone().into(),
+                })
+            });
+        Ok(GrpcResponse::new(Box::pin(stream)))
+    }
+
+    async fn propose_map_change(
+        &self,
+        request: Request<ProposeMapChangeRequest>,
+    ) -> Result<GrpcResponse<ProposeMapChangeResponse>, Status> {
+        let req = request.into_inner();
+        let map = self
+            .node
+            .change_map(req.change_json.to_vec(), req.expected_epoch)
+            .await?;
+        Ok(GrpcResponse::new(ProposeMapChangeResponse {
+            epoch: map.epoch(),
+            map_json: map.json.clone().into(),
         }))
     }
 

@@ -30,12 +30,16 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// One write operation inside a [`Request::Write`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
+    // serde_bytes: bincode then copies the bytes in one piece instead of element by element.
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         expected_version: Option<u64>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expected_version: Option<u64>,
     },
@@ -55,7 +59,18 @@ pub enum Request {
     /// Data operations, applied in order as one atomic batch.
     Write { ops: Vec<Op> },
     /// Meta group only: store this cluster map (JSON) if its epoch is newer than the stored one.
-    SetClusterMap { epoch: u64, map_json: Vec<u8> },
+    SetClusterMap {
+        epoch: u64,
+        #[serde(with = "serde_bytes")]
+        map_json: Vec<u8>,
+    },
+    /// Meta group only: apply a `shardmap::MapChange` (JSON) to the stored map, if the map's
+    /// epoch is still `expected_epoch` (0: any).
+    ChangeMap {
+        #[serde(with = "serde_bytes")]
+        change_json: Vec<u8>,
+        expected_epoch: u64,
+    },
 }
 
 impl fmt::Display for Request {
@@ -63,6 +78,9 @@ impl fmt::Display for Request {
         match self {
             Request::Write { ops } => write!(f, "write({} ops)", ops.len()),
             Request::SetClusterMap { epoch, .. } => write!(f, "set_cluster_map(epoch {epoch})"),
+            Request::ChangeMap { expected_epoch, .. } => {
+                write!(f, "change_map(expected epoch {expected_epoch})")
+            }
         }
     }
 }
@@ -88,6 +106,24 @@ pub enum Response {
     ClusterMap {
         stored: bool,
     },
+    /// The outcome of a [`Request::ChangeMap`]: the new epoch, or why nothing changed.
+    MapChanged(Result<u64, MapChangeRefused>),
+}
+
+/// Why the meta group refused a map change. Decided in the state machine, so every replica
+/// agrees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapChangeRefused {
+    /// The map moved on since the proposer looked at it.
+    StaleEpoch {
+        current: u64,
+    },
+    /// The change is invalid for the current map (shardmap's message).
+    Invalid(String),
+    UnknownKeyspace(String),
+    KeyspaceExists(String),
+    /// No map is stored yet, or the stored one is unreadable.
+    NoMap,
 }
 
 impl fmt::Display for Response {
@@ -96,6 +132,7 @@ impl fmt::Display for Response {
             Response::None => f.write_str("none"),
             Response::Write(r) => write!(f, "write({} results)", r.len()),
             Response::ClusterMap { stored } => write!(f, "cluster_map(stored: {stored})"),
+            Response::MapChanged(r) => write!(f, "map_changed({r:?})"),
         }
     }
 }

@@ -53,4 +53,10 @@ pub mod codes {
     pub const CONDITION_FAILED: &str = "CONDITION_FAILED";
     pub const NO_QUORUM: &str = "NO_QUORUM";
     pub const NOT_READY: &str = "NOT_READY";
+    /// The key does not belong to the group under the node's map: refresh the map and retry.
+    pub const WRONG_GROUP: &str = "WRONG_GROUP";
+    pub const INVALID_MAP_CHANGE: &str = "INVALID_MAP_CHANGE";
+    pub const KEYSPACE_EXISTS: &str = "KEYSPACE_EXISTS";
+    pub const KEYSPACE_NOT_EMPTY: &str = "KEYSPACE_NOT_EMPTY";
+    pub const DIRECTORY_NOT_EMPTY: &str = "DIRECTORY_NOT_EMPTY";
 }

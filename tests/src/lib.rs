@@ -1,1 +1,34 @@
+//! Cluster test harness: real `kvnode`, `kvrouter` and `kvctl` processes on loopback.
+//!
+//! Modelled on etcd's e2e framework (`tests/framework/e2e/etcd_process.go`): one type per kind
+//! of child process with start, kill, terminate, pause, resume, restart and wait-ready, and a
+//! [`Cluster`] that owns them all in one temp dir. Tests inject faults with signals and check
+//! the outcome through the client library, `kvctl` and the nodes' `GroupStatus` RPC.
+//!
+//! - [`bins`]: where the binaries are (`KV_BIN_DIR`, else the workspace's `target/debug`);
+//!   build them first with `cargo build --workspace --bins`.
+//! - [`ports`]: free loopback ports without collisions between concurrent tests.
+//! - [`process`]: one child process, its log file and its signals; never leaked.
+//! - [`probe`]: `/health` and `/ready` over a hand-written HTTP/1.0 GET.
+//! - [`node`]: `kvnode` and `kvrouter` with their flags.
+//! - [`cluster`]: a whole cluster, plus the questions tests ask of it (leaders, group status).
+//! - [`wait`]: polling helpers; tests never sleep a fixed time.
+//! - [`data`]: keys, values and bulk load/verify helpers.
+//!
+//! Environment: `KV_BIN_DIR` (binaries), `KV_TEST_DIR` (where temp dirs go),
+//! `KV_KEEP_TEST_DIRS=1` (keep dirs of passing tests too), `RUST_LOG` (passed to children,
+//! default `info`). A failing test keeps its dir and prints the tails of every log.
 
+pub mod bins;
+pub mod cluster;
+pub mod data;
+pub mod node;
+pub mod ports;
+pub mod probe;
+pub mod process;
+pub mod wait;
+
+pub use cluster::{kvctl, Cluster, ClusterOptions, READY_TIMEOUT};
+pub use node::{NodeProcess, RouterProcess};
+pub use process::ChildProcess;
+pub use wait::{wait_for, wait_until};

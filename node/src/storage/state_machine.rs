@@ -14,8 +14,8 @@ use sled::Transactional;
 use super::{read_err, ser, sto_err, Flusher};
 use crate::keys;
 use crate::types::{
-    Entry, GroupId, LogId, Op, OpResult, Request, Response, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Entry, GroupId, LogId, MapChangeRefused, Op, OpResult, Request, Response, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
 };
 
 /// What a snapshot holds: the applied state and every key with its stored value.
@@ -23,14 +23,15 @@ use crate::types::{
 struct SnapshotBody {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    cluster_map: Option<Vec<u8>>,
-    kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    cluster_map: Option<serde_bytes::ByteBuf>,
+    kvs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
 }
 
 /// A snapshot as kept on disk, so it survives restarts and can be sent to followers.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 
@@ -40,6 +41,8 @@ pub struct GroupData {
     pub data: sled::Tree,
     sm: sled::Tree,
     applied: Arc<AtomicU64>,
+    /// Bumped whenever the stored cluster map changes (meta group), so the node can reload it.
+    map_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl GroupData {
@@ -53,6 +56,11 @@ impl GroupData {
         Ok(self.data.get(key)?.and_then(|raw| {
             keys::decode_value(&raw).map(|(version, value)| (version, value.to_vec()))
         }))
+    }
+
+    /// Notified whenever the stored cluster map changes.
+    pub fn watch_map(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.map_changed.subscribe()
     }
 
     /// The cluster map stored by this (meta) group, as JSON.
@@ -87,6 +95,7 @@ impl StateMachine {
                 data,
                 sm,
                 applied: Arc::new(AtomicU64::new(0)),
+                map_changed: Arc::new(tokio::sync::watch::channel(0).0),
             },
             flusher,
             snapshot_seq: 0,
@@ -159,7 +168,7 @@ impl StateMachine {
         self.shared.data.clear().map_err(werr)?;
         let mut batch = sled::Batch::default();
         for (k, v) in body.kvs {
-            batch.insert(k, v);
+            batch.insert(k.into_vec(), v.into_vec());
         }
         self.shared.data.apply_batch(batch).map_err(werr)?;
         sm.insert(keys::APPLIED, ser(&body.last_applied)?)
@@ -167,7 +176,7 @@ impl StateMachine {
         sm.insert(keys::MEMBERSHIP, ser(&body.membership)?)
             .map_err(werr)?;
         match body.cluster_map {
-            Some(m) => sm.insert(keys::CLUSTER_MAP, m).map(|_| ()),
+            Some(m) => sm.insert(keys::CLUSTER_MAP, m.into_vec()).map(|_| ()),
             None => sm.remove(keys::CLUSTER_MAP).map(|_| ()),
         }
         .map_err(werr)?;
@@ -175,8 +184,37 @@ impl StateMachine {
         self.shared
             .applied
             .store(body.last_applied.map_or(0, |l| l.index), Ordering::Release);
+        self.shared.map_changed.send_modify(|v| *v += 1);
         Ok(())
     }
+}
+
+/// Applies a map change to the stored map (JSON): the new (epoch, JSON), or why not.
+fn change_map(
+    current: Option<&[u8]>,
+    change_json: &[u8],
+    expected_epoch: u64,
+) -> Result<(u64, Vec<u8>), MapChangeRefused> {
+    let current: shardmap::ClusterMap = current
+        .and_then(|raw| serde_json::from_slice(raw).ok())
+        .ok_or(MapChangeRefused::NoMap)?;
+    if expected_epoch != 0 && expected_epoch != current.epoch {
+        return Err(MapChangeRefused::StaleEpoch {
+            current: current.epoch,
+        });
+    }
+    let change: shardmap::MapChange = serde_json::from_slice(change_json)
+        .map_err(|e| MapChangeRefused::Invalid(format!("undecodable map change: {e}")))?;
+    let next = current.apply(&change).map_err(|e| match e {
+        shardmap::MapError::UnknownKeyspace(k) => MapChangeRefused::UnknownKeyspace(k),
+        shardmap::MapError::KeyspaceExists(k) => MapChangeRefused::KeyspaceExists(k),
+        other => MapChangeRefused::Invalid(other.to_string()),
+    })?;
+    // Refuse a map that routers could not compile, rather than store it.
+    shardmap::CompiledMap::new(next.clone())
+        .map_err(|e| MapChangeRefused::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec(&next).map_err(|e| MapChangeRefused::Invalid(e.to_string()))?;
+    Ok((next.epoch, json))
 }
 
 /// Applies one op inside the apply transaction.
@@ -260,6 +298,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 .map(|op| apply_op(data, op, e.log_id.index))
                                 .collect::<Result<_, _>>()?,
                         ),
+                        EntryPayload::Normal(Request::ChangeMap {
+                            change_json,
+                            expected_epoch,
+                        }) => {
+                            let current = sm.get(keys::CLUSTER_MAP)?;
+                            let outcome =
+                                change_map(current.as_deref(), change_json, *expected_epoch);
+                            if let Ok((_, json)) = &outcome {
+                                sm.insert(keys::CLUSTER_MAP, json.as_slice())?;
+                            }
+                            Response::MapChanged(outcome.map(|(epoch, _)| epoch))
+                        }
                         EntryPayload::Normal(Request::SetClusterMap { epoch, map_json }) => {
                             let current = sm
                                 .get(keys::CLUSTER_MAP)?
@@ -290,6 +340,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
         })?;
         self.shared.applied.store(last.index, Ordering::Release);
+        if responses.iter().any(|r| {
+            matches!(
+                r,
+                Response::ClusterMap { stored: true } | Response::MapChanged(Ok(_))
+            )
+        }) {
+            self.shared.map_changed.send_modify(|v| *v += 1);
+        }
         Ok(responses)
     }
 
@@ -304,11 +362,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .shared
                 .cluster_map()
                 .map_err(|e| read_err(ErrorSubject::StateMachine, e))?
-                .map(|v| v.to_vec());
+                .map(|v| serde_bytes::ByteBuf::from(v.to_vec()));
             let mut kvs = Vec::new();
             for item in self.shared.data.iter() {
                 let (k, v) = item.map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
-                kvs.push((k.to_vec(), v.to_vec()));
+                kvs.push((
+                    serde_bytes::ByteBuf::from(k.to_vec()),
+                    serde_bytes::ByteBuf::from(v.to_vec()),
+                ));
             }
             Ok(SnapshotBody {
                 last_applied,

@@ -1,0 +1,453 @@
+//! A whole cluster in one temp dir: nodes, a router, and what tests ask of them.
+//!
+//! Layout of the dir (printed when a test starts, kept when it fails):
+//!
+//! ```text
+//! <dir>/node1/ ...      data dirs
+//! <dir>/logs/node1.log  stdout+stderr of each process, appended across restarts
+//! <dir>/logs/router.log
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::Context;
+use kv_proto::kv::kv_client::KvClient;
+use kv_proto::node::{GroupStatus, GroupStatusResponse};
+use tonic::transport::Channel;
+
+use crate::bins::bin_path;
+use crate::node::{NodeConfig, NodeProcess, RouterProcess, RPC_TIMEOUT};
+use crate::ports::free_addr;
+use crate::process::log_tail;
+use crate::wait::wait_until;
+
+/// Default time for a cluster to come up, or to recover after a fault.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What [`Cluster::start`] starts.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Storage nodes (ids 1..=nodes).
+    pub nodes: usize,
+    /// `--shards`: data groups of the default keyspace.
+    pub shards: u32,
+    /// `--snapshot-logs`: build a snapshot every N applied entries (node default when `None`).
+    pub snapshot_logs: Option<u64>,
+    /// `--max-logs-kept`: log entries kept behind a snapshot (node default when `None`).
+    pub max_logs_kept: Option<u64>,
+    /// Routers to start (0 for node-only tests).
+    pub routers: usize,
+    /// Extra `kvnode` arguments.
+    pub node_args: Vec<String>,
+    /// How long to wait for every process's `/ready`.
+    pub ready_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            shards: 4,
+            snapshot_logs: None,
+            max_logs_kept: None,
+            routers: 1,
+            node_args: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+}
+
+/// A running cluster. Dropping it kills every process; its dir is deleted when the test passed
+/// and kept (path and log tails printed) when it failed, or always with `KV_KEEP_TEST_DIRS=1`.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: PathBuf,
+    nodes: Vec<NodeProcess>,
+    routers: Vec<RouterProcess>,
+    /// Keep the dir even without a panic (set when starting failed).
+    keep: bool,
+}
+
+impl Cluster {
+    /// Starts the nodes, waits until each is ready, then the routers, and waits for them.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let dir = test_dir("cluster")?;
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        eprintln!(
+            "cluster dir: {} (logs in {})",
+            dir.display(),
+            logs.display()
+        );
+
+        let addrs: Vec<(String, String)> = (0..options.nodes)
+            .map(|_| (free_addr(), free_addr()))
+            .collect();
+        let initial_cluster = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, _))| format!("{}={addr}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir: dir.clone(),
+            nodes: Vec::new(),
+            routers: Vec::new(),
+            keep: false,
+        };
+        match cluster.boot(options, addrs, initial_cluster).await {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                // Dropped without a panic in flight, but a failure all the same.
+                cluster.keep = true;
+                Err(e.context(format!(
+                    "starting the cluster in {} (logs in {})",
+                    dir.display(),
+                    logs.display()
+                )))
+            }
+        }
+    }
+
+    /// Creates and starts the processes of a cluster whose struct already exists, so that
+    /// whatever started is killed by `Drop` if a later step fails.
+    async fn boot(
+        &mut self,
+        options: ClusterOptions,
+        addrs: Vec<(String, String)>,
+        initial_cluster: String,
+    ) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let logs = self.logs_dir();
+        for (i, (addr, http_addr)) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = NodeConfig {
+                id,
+                addr: addr.clone(),
+                http_addr: http_addr.clone(),
+                data_dir: dir.join(format!("node{id}")),
+                initial_cluster: initial_cluster.clone(),
+                shards: options.shards,
+                snapshot_logs: options.snapshot_logs,
+                max_logs_kept: options.max_logs_kept,
+                extra_args: options.node_args.clone(),
+            };
+            let log = logs.join(format!("node{id}.log"));
+            self.nodes.push(NodeProcess::new(config, log));
+        }
+        for node in &mut self.nodes {
+            node.start()?;
+        }
+        self.wait_nodes_ready(options.ready_timeout).await?;
+
+        let node_addrs: Vec<String> = addrs.iter().map(|(a, _)| a.clone()).collect();
+        for i in 0..options.routers {
+            let name = if i == 0 {
+                "router".to_string()
+            } else {
+                format!("router{}", i + 1)
+            };
+            let log = logs.join(format!("{name}.log"));
+            let router = RouterProcess::new(&name, free_addr(), free_addr(), &node_addrs, log);
+            self.routers.push(router);
+        }
+        for router in &mut self.routers {
+            router.start()?;
+        }
+        self.wait_routers_ready(options.ready_timeout).await
+    }
+
+    /// The cluster's temp dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the process logs are.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// A line for assertion messages: where to look when it fails.
+    pub fn diag(&self) -> String {
+        format!("(cluster logs in {})", self.logs_dir().display())
+    }
+
+    pub fn nodes(&self) -> &[NodeProcess] {
+        &self.nodes
+    }
+
+    pub fn nodes_mut(&mut self) -> &mut [NodeProcess] {
+        &mut self.nodes
+    }
+
+    /// Node ids, 1..=n.
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id()).collect()
+    }
+
+    /// The node with id `id` (panics when there is none).
+    pub fn node(&self, id: u64) -> &NodeProcess {
+        self.nodes
+            .iter()
+            .find(|n| n.id() == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut NodeProcess {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id() == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The first router.
+    pub fn router(&self) -> &RouterProcess {
+        self.routers.first().expect("the cluster has no router")
+    }
+
+    pub fn router_mut(&mut self) -> &mut RouterProcess {
+        self.routers.first_mut().expect("the cluster has no router")
+    }
+
+    pub fn routers_mut(&mut self) -> &mut [RouterProcess] {
+        &mut self.routers
+    }
+
+    /// `http://HOST:PORT` of the first router.
+    pub fn router_endpoint(&self) -> String {
+        self.router().endpoint()
+    }
+
+    /// Waits until every running node answers `/ready`.
+    pub async fn wait_nodes_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let waits = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.is_running().then_some(n))
+            .map(|n| n.wait_ready(timeout));
+        for result in futures::future::join_all(waits).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every running router answers `/ready`.
+    pub async fn wait_routers_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        for router in &mut self.routers {
+            if router.is_running() {
+                router.wait_ready(timeout).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every running process answers `/ready`.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_nodes_ready(timeout).await?;
+        self.wait_routers_ready(timeout).await
+    }
+
+    /// SIGKILL every node.
+    pub fn kill_nodes(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            node.kill()?;
+        }
+        Ok(())
+    }
+
+    /// A client library handle for the first router, with a time budget per call suited to
+    /// a loaded test machine (30 s, retries included).
+    pub fn client(&self) -> kvclient::Client {
+        self.client_with(kvclient::ClientOptions {
+            timeout: Duration::from_secs(30),
+            max_retries: 20,
+            ..Default::default()
+        })
+    }
+
+    /// A client library handle for every router, with `options`.
+    pub fn client_with(&self, options: kvclient::ClientOptions) -> kvclient::Client {
+        let endpoints: Vec<String> = self.routers.iter().map(|r| r.endpoint()).collect();
+        kvclient::Client::with_options(endpoints, options)
+            .unwrap_or_else(|e| panic!("kvclient refused the router endpoints: {e}"))
+    }
+
+    /// A raw gRPC client of the first router's `Kv` service, for checking exact status codes.
+    pub async fn kv_client(&self) -> anyhow::Result<KvClient<Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(self.router_endpoint())?
+            .connect_timeout(RPC_TIMEOUT)
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to router at {}", self.router_endpoint()))?;
+        Ok(KvClient::new(channel)
+            .max_decoding_message_size(kv_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(kv_proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// Node `id`'s view of the groups it hosts.
+    pub async fn group_status(&self, id: u64) -> anyhow::Result<GroupStatusResponse> {
+        self.node(id).group_status().await
+    }
+
+    /// The status of `group` as node `id` sees it, if that node answers and hosts it.
+    pub async fn group_status_of(&self, id: u64, group: u64) -> Option<GroupStatus> {
+        let status = self.group_status(id).await.ok()?;
+        status.groups.into_iter().find(|g| g.group_id == group)
+    }
+
+    /// Every answering node's status, by node id (nodes that do not answer are left out).
+    pub async fn all_group_status(&self) -> BTreeMap<u64, GroupStatusResponse> {
+        let queries = self.nodes.iter().map(|n| async move {
+            let status = tokio::time::timeout(RPC_TIMEOUT * 2, n.group_status()).await;
+            (n.id(), status)
+        });
+        futures::future::join_all(queries)
+            .await
+            .into_iter()
+            .filter_map(|(id, s)| Some((id, s.ok()?.ok()?)))
+            .collect()
+    }
+
+    /// The group ids hosted anywhere, the meta group (0) included.
+    pub async fn group_ids(&self) -> BTreeSet<u64> {
+        self.all_group_status()
+            .await
+            .values()
+            .flat_map(|s| s.groups.iter().map(|g| g.group_id))
+            .collect()
+    }
+
+    /// The leader of `group`: of the leaders the answering nodes report, the one reported with
+    /// the highest term. `None` when no answering node knows one.
+    pub async fn leader_of(&self, group: u64) -> Option<u64> {
+        self.all_group_status()
+            .await
+            .values()
+            .flat_map(|s| s.groups.iter())
+            .filter(|g| g.group_id == group && g.leader != 0)
+            .max_by_key(|g| g.term)
+            .map(|g| g.leader)
+    }
+
+    /// Waits until `group` has a leader other than `not` that the leader itself confirms
+    /// (it answers GroupStatus and names itself), and returns it.
+    pub async fn wait_leader(
+        &self,
+        group: u64,
+        not: Option<u64>,
+        timeout: Duration,
+    ) -> anyhow::Result<u64> {
+        let what = format!(
+            "group {group} has a leader other than {not:?} {}",
+            self.diag()
+        );
+        wait_until(timeout, &what, || async move {
+            let leader = self.leader_of(group).await?;
+            if Some(leader) == not {
+                return None;
+            }
+            let own = self.group_status_of(leader, group).await?;
+            (own.leader == leader).then_some(leader)
+        })
+        .await
+    }
+
+    /// Runs `kvctl --router <first router> ARGS...` to completion (60 s at most).
+    pub async fn kvctl<I, S>(&self, args: I) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        kvctl(&self.router_endpoint(), args).await
+    }
+
+    /// Logs of every process, last `lines` lines each.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut paths: Vec<PathBuf> = self
+            .nodes
+            .iter()
+            .map(|n| n.log_path().to_path_buf())
+            .collect();
+        paths.extend(self.routers.iter().map(|r| r.log_path().to_path_buf()));
+        for path in paths {
+            out.push_str(&format!(
+                "---- {} (last {lines} lines)\n{}\n",
+                path.display(),
+                log_tail(&path, lines)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for router in &mut self.routers {
+            let _ = router.kill();
+        }
+        for node in &mut self.nodes {
+            let _ = node.kill();
+        }
+        if std::thread::panicking() || self.keep {
+            eprintln!(
+                "test failed: cluster dir kept at {}\n{}",
+                self.dir.display(),
+                self.log_tails(40)
+            );
+        } else {
+            cleanup_dir(&self.dir);
+        }
+    }
+}
+
+/// Removes a passing test's dir, unless `KV_KEEP_TEST_DIRS` asks to keep it.
+pub fn cleanup_dir(dir: &Path) {
+    if std::env::var_os("KV_KEEP_TEST_DIRS").is_some() {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A fresh dir for one test, under `KV_TEST_DIR` or the system temp dir, named after the test.
+pub fn test_dir(kind: &str) -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("KV_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or(kind)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("kv-{test}-"))
+        .tempdir_in(&base)?
+        .keep();
+    Ok(dir)
+}
+
+/// Runs `kvctl --router ROUTER ARGS...` to completion (60 s at most).
+pub async fn kvctl<I, S>(router: &str, args: I) -> anyhow::Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = tokio::process::Command::new(bin_path("kvctl"));
+    cmd.arg("--router")
+        .arg(router)
+        .args(args)
+        .env_remove("KVCTL_ROUTER")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .context("kvctl did not finish within 60 s")??;
+    Ok(output)
+}
