@@ -17,8 +17,12 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Args {
     /// This node's id (a positive integer named in --initial-cluster).
-    #[arg(long, env = "KVNODE_ID")]
-    id: u64,
+    #[arg(long, env = "KVNODE_ID", required_unless_present = "id_from_hostname")]
+    id: Option<u64>,
+    /// Take the id from the host name's ordinal suffix plus one (`kvnode-0` is node 1), as a
+    /// Kubernetes StatefulSet names its pods.
+    #[arg(long, env = "KVNODE_ID_FROM_HOSTNAME", conflicts_with = "id")]
+    id_from_hostname: bool,
     /// Address for gRPC (data and Raft traffic).
     #[arg(long, env = "KVNODE_LISTEN")]
     listen: String,
@@ -87,6 +91,23 @@ fn parse_cluster(s: &str) -> anyhow::Result<Vec<(u64, String)>> {
         .collect()
 }
 
+fn id_from_hostname() -> anyhow::Result<u64> {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .context("--id-from-hostname: neither $HOSTNAME nor /etc/hostname is set")?;
+    ordinal_id(host.trim())
+}
+
+/// `kvnode-2` → 3: StatefulSet ordinals start at 0, node ids at 1.
+fn ordinal_id(host: &str) -> anyhow::Result<u64> {
+    let ordinal = host
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .with_context(|| format!("host name {host:?} does not end in -ORDINAL"))?;
+    Ok(ordinal + 1)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -100,11 +121,15 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if args.id == 0 {
+    let id = match args.id {
+        Some(id) => id,
+        None => id_from_hostname()?,
+    };
+    if id == 0 {
         bail!("--id must be a positive integer");
     }
     let config = NodeConfig {
-        id: args.id,
+        id,
         data_dir: args.data_dir,
         initial_cluster: parse_cluster(&args.initial_cluster)?,
         shards: args.shards,
@@ -164,4 +189,26 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_flag() {
+        let c = parse_cluster("1=a:1, 2=b:2").unwrap();
+        assert_eq!(c, vec![(1, "a:1".to_string()), (2, "b:2".to_string())]);
+        assert!(parse_cluster("1=a").is_err());
+        assert!(parse_cluster("x=a:1").is_err());
+        assert!(parse_cluster("a:1").is_err());
+        assert!(parse_cluster("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn ordinals() {
+        assert_eq!(ordinal_id("kvnode-0").unwrap(), 1);
+        assert_eq!(ordinal_id("my-kv-node-12").unwrap(), 13);
+        assert!(ordinal_id("kvnode").is_err());
+    }
 }
