@@ -1,6 +1,6 @@
 //! [`Client`]: the calls, with timeouts, retries and router rotation.
 //!
-//! Every call goes through [`Client::call`], which owns the time budget, the retry loop and
+//! Every call goes through [`Client::call_on`], which owns the time budget, the retry loop and
 //! the choice of router, so each public method only builds its request and reads its answer.
 
 use std::fmt;
@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kv_proto::kv::{self, kv_client::KvClient};
+use kv_proto::kv::{self, admin_client::AdminClient, kv_client::KvClient};
 use kv_proto::MAX_MESSAGE_BYTES;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -49,7 +49,9 @@ struct Inner {
 
 struct Router {
     url: String,
-    client: KvClient<Channel>,
+    /// The data service and the admin service, sharing one channel.
+    kv: KvClient<Channel>,
+    admin: AdminClient<Channel>,
 }
 
 impl fmt::Debug for Client {
@@ -95,10 +97,14 @@ impl Client {
         let mut routers = Vec::new();
         for raw in endpoints {
             let url = endpoint::normalize(&raw.into())?;
-            let client = KvClient::new(endpoint::channel(&url, &options)?)
+            let channel = endpoint::channel(&url, &options)?;
+            let kv = KvClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            routers.push(Router { url, client });
+            let admin = AdminClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            routers.push(Router { url, kv, admin });
         }
         if routers.is_empty() {
             return Err(Error::InvalidEndpoint {
@@ -343,12 +349,44 @@ impl Client {
         Ok(resp.versions)
     }
 
-    /// Runs one RPC within the call's time budget, retrying retryable failures with backoff
-    /// and moving to the next router after transport errors and `UNAVAILABLE`.
-    async fn call<Req, Resp, F, Fut>(&self, req: Req, mut rpc: F) -> Result<Resp, Error>
+    /// Runs one RPC of the `Kv` service; see [`Client::call_on`].
+    async fn call<Req, Resp, F, Fut>(&self, req: Req, rpc: F) -> Result<Resp, Error>
     where
         Req: Clone,
         F: FnMut(KvClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call_on(|r| r.kv.clone(), req, rpc).await
+    }
+
+    /// Runs one RPC of the `Admin` service; see [`Client::call_on`]. Admin calls retry exactly
+    /// what data calls retry: never `INVALID_ARGUMENT`, `ALREADY_EXISTS` or
+    /// `FAILED_PRECONDITION`.
+    pub(crate) async fn admin_call<Req, Resp, F, Fut>(
+        &self,
+        req: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: FnMut(AdminClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call_on(|r| r.admin.clone(), req, rpc).await
+    }
+
+    /// Runs one RPC within the call's time budget, retrying retryable failures
+    /// ([`Error::is_retryable`]) with backoff and moving to the next router after transport
+    /// errors and `UNAVAILABLE`. `service` picks the generated client of a router.
+    async fn call_on<C, Req, Resp, F, Fut>(
+        &self,
+        service: impl Fn(&Router) -> C,
+        req: Req,
+        mut rpc: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: FnMut(C, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let options = &self.inner.options;
@@ -365,8 +403,7 @@ impl Client {
             // The header tells the router how long we wait, so it can give up in time too;
             // the local timeout covers a router that never answers at all.
             request.set_timeout(remaining);
-            let outcome =
-                tokio::time::timeout(remaining, rpc(router.client.clone(), request)).await;
+            let outcome = tokio::time::timeout(remaining, rpc(service(router), request)).await;
             let err = match outcome {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => from_status(&status),

@@ -40,6 +40,29 @@ pub enum Error {
         current_version: Option<u64>,
     },
 
+    /// What the request would create exists already (`KEYSPACE_EXISTS`: a keyspace of that
+    /// name). A create retried after an unknown outcome (a timeout or a lost connection) can
+    /// report this even though its first attempt created it.
+    #[error("already exists: {message}")]
+    AlreadyExists {
+        /// The stable code (such as `KEYSPACE_EXISTS`), when the server sent one.
+        code: Option<String>,
+        /// What the server said.
+        message: String,
+    },
+
+    /// The cluster's state does not allow the request, for a reason other than a conditional
+    /// write's version (that is [`Error::ConditionFailed`]): `KEYSPACE_NOT_EMPTY` (drop it with
+    /// `force`), `DIRECTORY_NOT_EMPTY` (a directory holding keys cannot move). Retrying the same
+    /// request cannot succeed until that state changes.
+    #[error("failed precondition{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    FailedPrecondition {
+        /// The stable code, when the server sent one.
+        code: Option<String>,
+        /// What the server said.
+        message: String,
+    },
+
     /// The cluster could not serve the request now (no quorum, no leader yet, router not
     /// ready). Retrying later may succeed; the client already retried within its time budget.
     #[error("unavailable: {message}")]
@@ -84,14 +107,23 @@ pub enum Error {
 
 impl Error {
     /// Whether trying the same call again may succeed: the cluster or the network was
-    /// unavailable, or the call ran out of time.
+    /// unavailable, the call ran out of time, or the server aborted it because the cluster map
+    /// changed under it (`ABORTED`, or the stable code `STALE_EPOCH`).
     ///
-    /// Never true for [`Error::InvalidArgument`] or [`Error::ConditionFailed`].
+    /// Never true for [`Error::InvalidArgument`], [`Error::ConditionFailed`],
+    /// [`Error::AlreadyExists`] or [`Error::FailedPrecondition`] (other than `STALE_EPOCH`).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Unavailable { .. } | Error::Timeout | Error::Transport(_)
-        )
+        match self {
+            Error::Unavailable { .. } | Error::Timeout | Error::Transport(_) => true,
+            Error::Server {
+                status: Code::Aborted,
+                ..
+            } => true,
+            Error::Server { code, .. } | Error::FailedPrecondition { code, .. } => {
+                code.as_deref() == Some(codes::STALE_EPOCH)
+            }
+            _ => false,
+        }
     }
 
     /// The stable error code: the server's when it sent one, otherwise one named after the
@@ -100,6 +132,10 @@ impl Error {
         match self {
             Error::InvalidArgument { code, .. } => code.as_deref().unwrap_or("INVALID_ARGUMENT"),
             Error::ConditionFailed { .. } => codes::CONDITION_FAILED,
+            Error::AlreadyExists { code, .. } => code.as_deref().unwrap_or("ALREADY_EXISTS"),
+            Error::FailedPrecondition { code, .. } => {
+                code.as_deref().unwrap_or("FAILED_PRECONDITION")
+            }
             Error::Unavailable { code, .. } => code.as_deref().unwrap_or("UNAVAILABLE"),
             Error::Timeout => "TIMEOUT",
             Error::Transport(_) => "TRANSPORT",
@@ -130,8 +166,13 @@ pub(crate) fn from_status(status: &Status) -> Error {
         .and_then(|v| v.trim().parse::<u64>().ok());
     let message = status.message().to_owned();
 
+    // Only a failed version condition is `ConditionFailed`: other precondition codes
+    // (`KEYSPACE_NOT_EMPTY`, ...) are not version conflicts. A version header without any
+    // code is taken as one too.
     if code.as_deref() == Some(codes::CONDITION_FAILED)
-        || (status.code() == Code::FailedPrecondition && current_version.is_some())
+        || (status.code() == Code::FailedPrecondition
+            && code.is_none()
+            && current_version.is_some())
     {
         return Error::ConditionFailed { current_version };
     }
@@ -151,6 +192,8 @@ pub(crate) fn from_status(status: &Status) -> Error {
     match status.code() {
         Code::InvalidArgument => Error::InvalidArgument { code, message },
         Code::Unavailable => Error::Unavailable { code, message },
+        Code::AlreadyExists => Error::AlreadyExists { code, message },
+        Code::FailedPrecondition => Error::FailedPrecondition { code, message },
         Code::DeadlineExceeded => Error::Timeout,
         other => Error::Server {
             status: other,
@@ -248,15 +291,99 @@ mod tests {
     }
 
     #[test]
-    fn failed_precondition_without_condition_data_is_a_server_error() {
+    fn failed_precondition_without_condition_data_keeps_its_code() {
         let e = from_status(&Status::failed_precondition("something else"));
-        assert!(matches!(
+        assert_eq!(
+            e,
+            Error::FailedPrecondition {
+                code: None,
+                message: "something else".into()
+            }
+        );
+        assert_eq!(e.code(), "FAILED_PRECONDITION");
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn non_empty_keyspace_and_directory_are_not_condition_failures() {
+        for stable in [codes::KEYSPACE_NOT_EMPTY, codes::DIRECTORY_NOT_EMPTY] {
+            // Even with a version header, the code decides.
+            let s = with_meta(
+                Status::failed_precondition("keyspace \"t\" still holds keys"),
+                &[(meta::ERROR_CODE, stable), (meta::CURRENT_VERSION, "3")],
+            );
+            let e = from_status(&s);
+            assert_eq!(
+                e,
+                Error::FailedPrecondition {
+                    code: Some(stable.into()),
+                    message: "keyspace \"t\" still holds keys".into()
+                }
+            );
+            assert_eq!(e.code(), stable);
+            assert!(!e.is_retryable());
+            assert_eq!(
+                e.to_string(),
+                format!("failed precondition ({stable}): keyspace \"t\" still holds keys")
+            );
+        }
+    }
+
+    #[test]
+    fn existing_keyspace_is_already_exists() {
+        let s = with_meta(
+            Status::already_exists("keyspace \"t\" exists"),
+            &[(meta::ERROR_CODE, codes::KEYSPACE_EXISTS)],
+        );
+        let e = from_status(&s);
+        assert_eq!(
+            e,
+            Error::AlreadyExists {
+                code: Some(codes::KEYSPACE_EXISTS.into()),
+                message: "keyspace \"t\" exists".into()
+            }
+        );
+        assert_eq!(e.code(), codes::KEYSPACE_EXISTS);
+        assert!(!e.is_retryable());
+        assert_eq!(e.to_string(), "already exists: keyspace \"t\" exists");
+    }
+
+    #[test]
+    fn map_errors_are_invalid_arguments() {
+        for stable in [codes::INVALID_MAP_CHANGE, codes::UNKNOWN_KEYSPACE] {
+            let s = with_meta(
+                Status::invalid_argument("no"),
+                &[(meta::ERROR_CODE, stable)],
+            );
+            let e = from_status(&s);
+            assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+            assert_eq!(e.code(), stable);
+            assert!(!e.is_retryable());
+        }
+    }
+
+    #[test]
+    fn stale_epoch_is_retryable() {
+        let s = with_meta(
+            Status::aborted("map changed"),
+            &[(meta::ERROR_CODE, codes::STALE_EPOCH)],
+        );
+        let e = from_status(&s);
+        assert_eq!(
             e,
             Error::Server {
-                status: Code::FailedPrecondition,
-                ..
+                status: Code::Aborted,
+                code: Some(codes::STALE_EPOCH.into()),
+                message: "map changed".into()
             }
-        ));
+        );
+        assert!(e.is_retryable());
+        assert!(from_status(&Status::aborted("x")).is_retryable());
+        let s = with_meta(
+            Status::failed_precondition("stale"),
+            &[(meta::ERROR_CODE, codes::STALE_EPOCH)],
+        );
+        assert!(from_status(&s).is_retryable());
     }
 
     #[test]
@@ -302,18 +429,18 @@ mod tests {
     fn other_codes_are_server_errors() {
         let s = with_meta(
             Status::internal("boom"),
-            &[(meta::ERROR_CODE, codes::STALE_EPOCH)],
+            &[(meta::ERROR_CODE, codes::UNKNOWN_GROUP)],
         );
         let e = from_status(&s);
         assert_eq!(
             e,
             Error::Server {
                 status: Code::Internal,
-                code: Some(codes::STALE_EPOCH.into()),
+                code: Some(codes::UNKNOWN_GROUP.into()),
                 message: "boom".into()
             }
         );
         assert!(!e.is_retryable());
-        assert_eq!(e.code(), codes::STALE_EPOCH);
+        assert_eq!(e.code(), codes::UNKNOWN_GROUP);
     }
 }

@@ -6,8 +6,11 @@
 //!
 //! Modules, and why each exists:
 //!
-//! - `client`: [`Client`] and its calls. One private retry loop owns time budgets, backoff and
+//! - `client`: [`Client`] and its data calls. One private retry loop owns time budgets, backoff and
 //!   moving between routers, so every call behaves the same under failures.
+//! - `admin`: keyspace and directory administration ([`Client::create_keyspace`],
+//!   [`Client::set_directory`], [`Client::locate`], ...), with [`KeyspaceSpec`] and what those
+//!   calls return ([`KeyspaceInfo`], [`ShardGroup`], [`DirectoryEntry`]).
 //! - `error`: [`Error`], and the single function that turns a gRPC status into it, reading the
 //!   stable code the server puts in metadata rather than its message.
 //! - `options`: [`ClientOptions`] for the client, [`ReadOptions`], [`WriteOptions`] and
@@ -55,7 +58,31 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Keyspaces:
+//!
+//! ```no_run
+//! use kvclient::{codes, Client, Error, KeyspaceSpec, WriteOptions};
+//!
+//! # async fn example(client: Client) -> Result<(), Error> {
+//! // Four groups on a consistent-hash ring, three replicas each.
+//! let users = client.create_keyspace(&KeyspaceSpec::hash("users", 4)).await?;
+//! assert_eq!(users.groups.len(), 4);
+//! let in_users = WriteOptions { keyspace: "users".into(), ..Default::default() };
+//! client.put_with("alice", "1", &in_users).await?;
+//!
+//! // Refusals carry stable codes.
+//! match client.drop_keyspace("users", false).await {
+//!     Err(e) if e.code() == codes::KEYSPACE_NOT_EMPTY => {
+//!         client.drop_keyspace("users", true).await?;
+//!     }
+//!     other => { other?; }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
+mod admin;
 mod client;
 mod endpoint;
 mod error;
@@ -63,8 +90,13 @@ mod options;
 mod retry;
 mod types;
 
+pub use admin::{
+    DirectoryEntry, DirectoryLookup, KeyspaceInfo, KeyspaceSpec, ShardGroup, Strategy,
+};
 pub use bytes::Bytes;
 pub use client::{next_start, Client};
 pub use error::Error;
+/// The stable error codes [`Error::code`] returns when the server sent one.
+pub use kv_proto::codes;
 pub use options::{ClientOptions, Consistency, ReadOptions, ScanOptions, WriteOptions};
 pub use types::{DeleteOutcome, KeyValue, ScanPage, Versioned};

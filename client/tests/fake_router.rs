@@ -1,5 +1,5 @@
-//! The client against an in-process fake router: a real tonic `Kv` server on loopback over an
-//! in-memory map, with injected failures. Checks what unit tests cannot: metadata survives the
+//! The client against an in-process fake router: real tonic `Kv` and `Admin` servers on
+//! loopback over an in-memory map, with injected failures. Checks what unit tests cannot: metadata survives the
 //! wire, retries and router rotation happen, paging ends.
 
 use std::collections::BTreeMap;
@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kv_proto::kv::admin_server::{Admin, AdminServer};
 use kv_proto::kv::kv_server::{Kv, KvServer};
 use kv_proto::kv::{self, KeyValue as PbKeyValue};
 use kv_proto::{codes, meta};
-use kvclient::{Client, ClientOptions, Error, ReadOptions, ScanOptions, WriteOptions};
+use kvclient::{
+    Client, ClientOptions, Error, KeyspaceSpec, ReadOptions, ScanOptions, Strategy, WriteOptions,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
@@ -29,6 +32,9 @@ struct State {
     calls: AtomicU32,
     /// Most keys per scan page.
     page: AtomicU32,
+    /// The admin service's keyspaces, and the map epoch.
+    keyspaces: Mutex<BTreeMap<String, kv::KeyspaceInfo>>,
+    epoch: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -215,6 +221,261 @@ impl Kv for Fake {
     }
 }
 
+impl Fake {
+    fn unknown_keyspace(name: &str) -> Status {
+        coded(
+            tonic::Code::InvalidArgument,
+            codes::UNKNOWN_KEYSPACE,
+            &format!("unknown keyspace {name:?}"),
+        )
+    }
+
+    fn bump(&self) -> u64 {
+        self.0.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn with_keyspace<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut kv::KeyspaceInfo) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut keyspaces = self.0.keyspaces.lock().unwrap();
+        let info = keyspaces
+            .get_mut(name)
+            .ok_or_else(|| Self::unknown_keyspace(name))?;
+        f(info)
+    }
+}
+
+/// A small admin service: hash and range keyspaces with made-up groups, directory tables,
+/// and the refusals whose codes the client must keep apart.
+#[tonic::async_trait]
+impl Admin for Fake {
+    async fn create_keyspace(
+        &self,
+        r: Request<kv::CreateKeyspaceRequest>,
+    ) -> Result<Response<kv::CreateKeyspaceResponse>, Status> {
+        self.enter().await?;
+        let spec = r.into_inner().spec.unwrap_or_default();
+        let placement = if spec.strategy == "directory" {
+            spec.fallback.as_str()
+        } else {
+            spec.strategy.as_str()
+        };
+        let groups: Vec<kv::ShardGroup> = match placement {
+            "hash" => (0..spec.shards)
+                .map(|i| kv::ShardGroup {
+                    id: u64::from(i) + 10,
+                    replicas: vec![1, 2, 3],
+                    leader: 1,
+                    ring_share_percent: 100.0 / f64::from(spec.shards),
+                    ..Default::default()
+                })
+                .collect(),
+            "range" => {
+                let mut bounds = vec![Bytes::new()];
+                bounds.extend(spec.split_points.iter().cloned());
+                bounds.push(Bytes::new());
+                bounds
+                    .windows(2)
+                    .enumerate()
+                    .map(|(i, w)| kv::ShardGroup {
+                        id: i as u64 + 10,
+                        replicas: vec![1, 2, 3],
+                        leader: 2,
+                        range_start: w[0].clone(),
+                        range_end: w[1].clone(),
+                        ..Default::default()
+                    })
+                    .collect()
+            }
+            other => {
+                return Err(coded(
+                    tonic::Code::InvalidArgument,
+                    codes::INVALID_MAP_CHANGE,
+                    &format!("unknown strategy {other:?}"),
+                ))
+            }
+        };
+        let mut keyspaces = self.0.keyspaces.lock().unwrap();
+        if keyspaces.contains_key(&spec.name) {
+            return Err(coded(
+                tonic::Code::AlreadyExists,
+                codes::KEYSPACE_EXISTS,
+                &format!("keyspace {:?} exists", spec.name),
+            ));
+        }
+        let epoch = self.bump();
+        let info = kv::KeyspaceInfo {
+            name: spec.name.clone(),
+            strategy: spec.strategy,
+            replication: if spec.replication == 0 {
+                3
+            } else {
+                spec.replication
+            },
+            groups,
+            fallback: spec.fallback,
+            separator: spec.separator,
+            directory: vec![],
+            vnodes: spec.vnodes,
+            epoch,
+        };
+        keyspaces.insert(spec.name, info.clone());
+        Ok(Response::new(kv::CreateKeyspaceResponse {
+            keyspace: Some(info),
+            epoch,
+        }))
+    }
+
+    async fn drop_keyspace(
+        &self,
+        r: Request<kv::DropKeyspaceRequest>,
+    ) -> Result<Response<kv::DropKeyspaceResponse>, Status> {
+        self.enter().await?;
+        let r = r.into_inner();
+        let mut keyspaces = self.0.keyspaces.lock().unwrap();
+        if !keyspaces.contains_key(&r.name) {
+            return Err(Self::unknown_keyspace(&r.name));
+        }
+        // The fake keeps one data map: any key makes every keyspace non-empty.
+        if !r.force && !self.0.data.lock().unwrap().is_empty() {
+            return Err(coded(
+                tonic::Code::FailedPrecondition,
+                codes::KEYSPACE_NOT_EMPTY,
+                &format!("keyspace {:?} still holds keys; drop it with force", r.name),
+            ));
+        }
+        keyspaces.remove(&r.name);
+        Ok(Response::new(kv::DropKeyspaceResponse {
+            epoch: self.bump(),
+        }))
+    }
+
+    async fn list_keyspaces(
+        &self,
+        _: Request<kv::ListKeyspacesRequest>,
+    ) -> Result<Response<kv::ListKeyspacesResponse>, Status> {
+        self.enter().await?;
+        Ok(Response::new(kv::ListKeyspacesResponse {
+            keyspaces: self.0.keyspaces.lock().unwrap().values().cloned().collect(),
+            epoch: self.0.epoch.load(Ordering::SeqCst),
+        }))
+    }
+
+    async fn describe_keyspace(
+        &self,
+        r: Request<kv::DescribeKeyspaceRequest>,
+    ) -> Result<Response<kv::DescribeKeyspaceResponse>, Status> {
+        self.enter().await?;
+        let name = r.into_inner().name;
+        let info = self.with_keyspace(&name, |k| Ok(k.clone()))?;
+        Ok(Response::new(kv::DescribeKeyspaceResponse {
+            keyspace: Some(info),
+            epoch: self.0.epoch.load(Ordering::SeqCst),
+        }))
+    }
+
+    async fn set_directory(
+        &self,
+        r: Request<kv::SetDirectoryRequest>,
+    ) -> Result<Response<kv::SetDirectoryResponse>, Status> {
+        self.enter().await?;
+        let r = r.into_inner();
+        self.with_keyspace(&r.keyspace, |k| {
+            if let Some(e) = k.directory.iter_mut().find(|e| e.directory == r.directory) {
+                if e.group_id != r.group_id && !self.0.data.lock().unwrap().is_empty() {
+                    return Err(coded(
+                        tonic::Code::FailedPrecondition,
+                        codes::DIRECTORY_NOT_EMPTY,
+                        "the directory holds keys",
+                    ));
+                }
+                e.group_id = r.group_id;
+            } else {
+                k.directory.push(kv::DirectoryEntry {
+                    directory: r.directory.clone(),
+                    group_id: r.group_id,
+                });
+                k.directory.sort_by(|a, b| a.directory.cmp(&b.directory));
+            }
+            Ok(())
+        })?;
+        Ok(Response::new(kv::SetDirectoryResponse {
+            epoch: self.bump(),
+        }))
+    }
+
+    async fn get_directory(
+        &self,
+        r: Request<kv::GetDirectoryRequest>,
+    ) -> Result<Response<kv::GetDirectoryResponse>, Status> {
+        self.enter().await?;
+        let r = r.into_inner();
+        let group = self.with_keyspace(&r.keyspace, |k| {
+            Ok(k.directory
+                .iter()
+                .find(|e| e.directory == r.directory)
+                .map(|e| e.group_id))
+        })?;
+        Ok(Response::new(kv::GetDirectoryResponse {
+            found: group.is_some(),
+            group_id: group.unwrap_or(0),
+        }))
+    }
+
+    async fn list_directory(
+        &self,
+        r: Request<kv::ListDirectoryRequest>,
+    ) -> Result<Response<kv::ListDirectoryResponse>, Status> {
+        self.enter().await?;
+        let name = r.into_inner().keyspace;
+        let entries = self.with_keyspace(&name, |k| Ok(k.directory.clone()))?;
+        Ok(Response::new(kv::ListDirectoryResponse { entries }))
+    }
+
+    async fn remove_directory(
+        &self,
+        r: Request<kv::RemoveDirectoryRequest>,
+    ) -> Result<Response<kv::RemoveDirectoryResponse>, Status> {
+        self.enter().await?;
+        let r = r.into_inner();
+        self.with_keyspace(&r.keyspace, |k| {
+            k.directory.retain(|e| e.directory != r.directory);
+            Ok(())
+        })?;
+        Ok(Response::new(kv::RemoveDirectoryResponse {
+            epoch: self.bump(),
+        }))
+    }
+
+    async fn locate(
+        &self,
+        r: Request<kv::LocateRequest>,
+    ) -> Result<Response<kv::LocateResponse>, Status> {
+        self.enter().await?;
+        let r = r.into_inner();
+        let groups = self.with_keyspace(&r.keyspace, |k| Ok(k.groups.clone()))?;
+        let group_ids = r
+            .keys
+            .iter()
+            .map(|key| {
+                groups
+                    .iter()
+                    .find(|g| {
+                        (g.range_start.is_empty() || *key >= g.range_start)
+                            && (g.range_end.is_empty() || *key < g.range_end)
+                    })
+                    .map_or(0, |g| g.id)
+            })
+            .collect();
+        Ok(Response::new(kv::LocateResponse {
+            group_ids,
+            epoch: self.0.epoch.load(Ordering::SeqCst),
+        }))
+    }
+}
+
 async fn start() -> (SocketAddr, Arc<State>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -226,6 +487,7 @@ async fn start() -> (SocketAddr, Arc<State>) {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(AdminServer::new(Fake(state.clone())))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     (addr, state)
@@ -408,4 +670,227 @@ async fn batch_get_keeps_request_order() {
         .map(|v| v.as_ref().map(|v| v.value.as_ref()))
         .collect();
     assert_eq!(values, [Some(b"1".as_ref()), None, Some(b"2".as_ref())]);
+}
+
+#[tokio::test]
+async fn keyspace_admin_round_trip() {
+    let (addr, _) = start().await;
+    let client = Client::connect([addr.to_string()]).unwrap();
+    let created = client
+        .create_keyspace(&KeyspaceSpec::range("orders", ["g", "p"]).with_replication(5))
+        .await
+        .unwrap();
+    assert_eq!(created.name, "orders");
+    assert_eq!(created.replication, 5);
+    assert_eq!(created.groups.len(), 3);
+    assert_eq!(created.groups[1].range_start, "g");
+    assert_eq!(created.groups[1].range_end, "p");
+    assert_eq!(client.describe_keyspace("orders").await.unwrap(), created);
+
+    client
+        .create_keyspace(&KeyspaceSpec::hash("users", 4))
+        .await
+        .unwrap();
+    let names: Vec<String> = client
+        .list_keyspaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["orders", "users"]);
+
+    assert_eq!(
+        client.locate("orders", ["a", "h", "z"]).await.unwrap(),
+        [10, 11, 12]
+    );
+
+    client.drop_keyspace("users", false).await.unwrap();
+    assert_eq!(client.list_keyspaces().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn directory_admin_round_trip() {
+    let (addr, _) = start().await;
+    let client = Client::connect([addr.to_string()]).unwrap();
+    let spec = KeyspaceSpec::directory("tenants", Strategy::Hash).with_shards(2);
+    client.create_keyspace(&spec).await.unwrap();
+    let lookup = client.get_directory("tenants", "acme").await.unwrap();
+    assert!(!lookup.found);
+    assert_eq!(lookup.group_id, None);
+    client.set_directory("tenants", "acme", 11).await.unwrap();
+    client.set_directory("tenants", "beta", 10).await.unwrap();
+    let lookup = client.get_directory("tenants", "acme").await.unwrap();
+    assert!(lookup.found);
+    assert_eq!(lookup.group_id, Some(11));
+    let entries = client.list_directory("tenants").await.unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| (e.directory.as_ref(), e.group_id))
+            .collect::<Vec<_>>(),
+        [(b"acme".as_ref(), 11), (b"beta".as_ref(), 10)]
+    );
+    client.remove_directory("tenants", "acme").await.unwrap();
+    assert_eq!(client.list_directory("tenants").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn admin_refusals_keep_their_codes_and_are_not_retried() {
+    let (addr, state) = start().await;
+    let client = Client::with_options([addr.to_string()], fast(Duration::from_secs(5))).unwrap();
+    client
+        .create_keyspace(&KeyspaceSpec::hash("users", 2))
+        .await
+        .unwrap();
+    client.put("k", "v").await.unwrap();
+
+    let calls = |state: &State| state.calls.load(Ordering::SeqCst);
+    let before = calls(&state);
+    let err = client
+        .create_keyspace(&KeyspaceSpec::hash("users", 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+    assert_eq!(err.code(), codes::KEYSPACE_EXISTS);
+    assert_eq!(calls(&state), before + 1);
+
+    let before = calls(&state);
+    let err = client.drop_keyspace("users", false).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err:?}");
+    assert_eq!(err.code(), codes::KEYSPACE_NOT_EMPTY);
+    assert!(err.to_string().contains("still holds keys"), "{err}");
+    assert_eq!(calls(&state), before + 1);
+
+    let before = calls(&state);
+    let err = client.describe_keyspace("nope").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    assert_eq!(err.code(), codes::UNKNOWN_KEYSPACE);
+    assert_eq!(calls(&state), before + 1);
+
+    client.drop_keyspace("users", true).await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_calls_retry_unavailable() {
+    let (addr, state) = start().await;
+    let client = Client::with_options([addr.to_string()], fast(Duration::from_secs(5))).unwrap();
+    state.fail_next.store(2, Ordering::SeqCst);
+    client.list_keyspaces().await.unwrap();
+    assert_eq!(state.calls.load(Ordering::SeqCst), 3);
+}
+
+/// Runs the kvctl binary against the router; returns exit code, stdout, stderr.
+async fn kvctl(addr: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(args)
+        .env("KVCTL_ROUTER", format!("http://{addr}"))
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn kvctl_keyspace_and_directory_commands() {
+    let (addr, _) = start().await;
+    let (code, out, err) = kvctl(
+        addr,
+        &[
+            "keyspace",
+            "create",
+            "orders",
+            "--strategy",
+            "range",
+            "--split-points",
+            "g",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("strategy:    range\n"), "{out}");
+    assert!(out.contains("range [-inf, g)"), "{out}");
+    assert!(out.contains("range [g, +inf)"), "{out}");
+
+    let (code, out, _) = kvctl(addr, &["keyspace", "list"]).await;
+    assert_eq!((code, out.as_str()), (0, "orders\trange\t2\t3\n"));
+
+    let (code, out, _) = kvctl(addr, &["keyspace", "describe", "orders", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["name"], "orders");
+    assert_eq!(json["groups"][1]["range_start"], "g");
+
+    let (code, _, err) = kvctl(addr, &["keyspace", "describe", "nope"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: invalid argument: unknown keyspace"),
+        "{err}"
+    );
+
+    // A bad strategy fails before any call, with the usual error line.
+    let (code, out, err) = kvctl(
+        addr,
+        &["keyspace", "create", "x", "--strategy", "consistent"],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        "error: invalid argument: unknown strategy \"consistent\": expected hash, range or directory\n"
+    );
+
+    let (code, _, err) = kvctl(
+        addr,
+        &[
+            "keyspace",
+            "create",
+            "t",
+            "--strategy",
+            "directory",
+            "--fallback",
+            "hash",
+            "--shards",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = kvctl(addr, &["directory", "get", "t", "acme"]).await;
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("no entry"), "{err}");
+    let (code, out, _) = kvctl(addr, &["directory", "set", "t", "acme", "11"]).await;
+    assert_eq!((code, out.as_str()), (0, "OK\n"));
+    let (code, out, _) = kvctl(addr, &["directory", "get", "t", "acme"]).await;
+    assert_eq!((code, out.as_str()), (0, "11\n"));
+    let (code, out, _) = kvctl(addr, &["directory", "list", "t", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!([{"directory": "acme", "group_id": 11}])
+    );
+    let (code, _, _) = kvctl(addr, &["directory", "remove", "t", "acme"]).await;
+    assert_eq!(code, 0);
+
+    let (code, out, _) = kvctl(addr, &["put", "k", "v", "--keyspace", "orders"]).await;
+    assert_eq!((code, out.as_str()), (0, "OK\n"));
+    let (code, _, err) = kvctl(addr, &["keyspace", "drop", "orders"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: failed precondition (KEYSPACE_NOT_EMPTY): "),
+        "{err}"
+    );
+    let (code, out, _) = kvctl(
+        addr,
+        &["keyspace", "drop", "orders", "--force", "-o", "json"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["dropped"], true);
 }

@@ -1,7 +1,9 @@
 //! `kvctl`: the command line for the key-value store.
 //!
-//! One file per subcommand, each a clap `Args` struct and a `run` function: `put`, `get`,
-//! `delete`, `scan` talk to a router through [`kvclient`]; `dev` starts a local cluster.
+//! One file per subcommand (or command group), each a clap `Args` struct and a `run` function:
+//! `put`, `get`, `delete`, `scan` talk to a router through [`kvclient`]; `keyspace` and
+//! `directory` administer keyspaces through the router's admin service; `dev` starts a local
+//! cluster.
 //! `args` holds the flags several subcommands share and `output` the text and JSON encodings,
 //! kept apart from I/O so that tests can check them.
 //!
@@ -11,7 +13,9 @@
 mod args;
 mod delete;
 mod dev;
+mod directory;
 mod get;
+mod keyspace;
 mod output;
 mod put;
 mod scan;
@@ -42,6 +46,10 @@ enum Command {
     Delete(delete::DeleteArgs),
     /// List keys in [START, END) in key order.
     Scan(scan::ScanArgs),
+    /// Create, list, describe and drop keyspaces.
+    Keyspace(keyspace::KeyspaceArgs),
+    /// Map directories of a directory keyspace to shard groups.
+    Directory(directory::DirectoryArgs),
     /// Run a local cluster (three nodes and a router on loopback) in the foreground.
     Dev(dev::DevArgs),
 }
@@ -103,6 +111,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Get(args) => get::run(args, &global).await,
         Command::Delete(args) => delete::run(args, &global).await,
         Command::Scan(args) => scan::run(args, &global).await,
+        Command::Keyspace(args) => keyspace::run(args, &global).await,
+        Command::Directory(args) => directory::run(args, &global).await,
         Command::Dev(args) => dev::run(args).await,
     }
 }
@@ -220,6 +230,314 @@ mod tests {
         }
         assert!(!parse(&["--help"]).unwrap_err().use_stderr());
         assert!(!parse(&["--version"]).unwrap_err().use_stderr());
+    }
+
+    fn keyspace_command(args: &[&str]) -> keyspace::KeyspaceCommand {
+        match parse(args).unwrap().command {
+            Command::Keyspace(k) => k.command,
+            other => panic!("not keyspace: {other:?}"),
+        }
+    }
+
+    fn directory_command(args: &[&str]) -> directory::DirectoryCommand {
+        match parse(args).unwrap().command {
+            Command::Directory(d) => d.command,
+            other => panic!("not directory: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keyspace_create_hash_with_flags_after_the_subcommand() {
+        let cli = parse(&[
+            "keyspace",
+            "create",
+            "users",
+            "--strategy",
+            "hash",
+            "--shards",
+            "4",
+            "--vnodes",
+            "64",
+            "--replication",
+            "5",
+            "-o",
+            "json",
+            "--router",
+            "h:1",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.router, "h:1");
+        let Command::Keyspace(k) = cli.command else {
+            panic!("not keyspace")
+        };
+        let keyspace::KeyspaceCommand::Create(create) = k.command else {
+            panic!("not create")
+        };
+        let spec = create.spec().unwrap();
+        assert_eq!(
+            spec,
+            kvclient::KeyspaceSpec::hash("users", 4)
+                .with_vnodes(64)
+                .with_replication(5)
+        );
+    }
+
+    #[test]
+    fn keyspace_create_range_splits_split_points() {
+        let keyspace::KeyspaceCommand::Create(create) = keyspace_command(&[
+            "keyspace",
+            "create",
+            "orders",
+            "--strategy",
+            "range",
+            "--split-points",
+            "a,b,c",
+        ]) else {
+            panic!("not create")
+        };
+        assert_eq!(create.split_points, ["a", "b", "c"]);
+        let spec = create.spec().unwrap();
+        assert_eq!(
+            spec,
+            kvclient::KeyspaceSpec::range("orders", ["a", "b", "c"])
+        );
+        // Repeating the flag adds to the list.
+        let keyspace::KeyspaceCommand::Create(create) = keyspace_command(&[
+            "keyspace",
+            "create",
+            "orders",
+            "--split-points",
+            "a,b",
+            "--strategy",
+            "range",
+            "--split-points",
+            "c",
+        ]) else {
+            panic!("not create")
+        };
+        assert_eq!(create.split_points, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn keyspace_create_directory() {
+        let keyspace::KeyspaceCommand::Create(create) = keyspace_command(&[
+            "keyspace",
+            "create",
+            "tenants",
+            "--strategy",
+            "directory",
+            "--fallback",
+            "range",
+            "--split-points",
+            "m",
+            "--separator",
+            ":",
+        ]) else {
+            panic!("not create")
+        };
+        assert_eq!(
+            create.spec().unwrap(),
+            kvclient::KeyspaceSpec::directory("tenants", kvclient::Strategy::Range)
+                .with_split_points(["m"])
+                .with_separator(":")
+        );
+        let keyspace::KeyspaceCommand::Create(create) = keyspace_command(&[
+            "keyspace",
+            "create",
+            "tenants",
+            "--strategy",
+            "directory",
+            "--fallback",
+            "hash",
+            "--shards",
+            "3",
+        ]) else {
+            panic!("not create")
+        };
+        assert_eq!(
+            create.spec().unwrap(),
+            kvclient::KeyspaceSpec::directory("tenants", kvclient::Strategy::Hash).with_shards(3)
+        );
+    }
+
+    #[test]
+    fn keyspace_create_refuses_malformed_flags_with_clear_messages() {
+        let message = |args: &[&str]| {
+            let mut all = vec!["keyspace", "create", "k"];
+            all.extend_from_slice(args);
+            let keyspace::KeyspaceCommand::Create(create) = keyspace_command(&all) else {
+                panic!("not create")
+            };
+            create.spec().unwrap_err().to_string()
+        };
+        assert_eq!(
+            message(&["--strategy", "consistent"]),
+            "invalid argument: unknown strategy \"consistent\": expected hash, range or directory"
+        );
+        assert_eq!(
+            message(&[
+                "--strategy",
+                "directory",
+                "--fallback",
+                "ring",
+                "--shards",
+                "2"
+            ]),
+            "invalid argument: unknown fallback \"ring\": expected hash or range"
+        );
+        for (args, needle) in [
+            (&["--strategy", "hash"][..], "shards"),
+            (&["--strategy", "hash", "--shards", "0"], "--shards"),
+            (&["--strategy", "range", "--split-points", "b,a"], "sorted"),
+            (&["--strategy", "range", "--split-points", "a,,b"], "empty"),
+            (
+                &[
+                    "--strategy",
+                    "range",
+                    "--split-points",
+                    "a",
+                    "--shards",
+                    "3",
+                ],
+                "ranges",
+            ),
+            (
+                &["--strategy", "hash", "--shards", "2", "--replication", "2"],
+                "1, 3 or 5",
+            ),
+            (
+                &["--strategy", "hash", "--shards", "2", "--fallback", "range"],
+                "fallback",
+            ),
+            (&["--strategy", "directory", "--shards", "2"], "fallback"),
+            (&["--strategy", "directory", "--fallback", "hash"], "shards"),
+        ] {
+            let m = message(args);
+            assert!(m.starts_with("invalid argument: "), "{args:?}: {m}");
+            assert!(m.contains(needle), "{args:?}: {m}");
+        }
+    }
+
+    #[test]
+    fn keyspace_list_describe_drop_locate() {
+        let cli = parse(&["keyspace", "list", "-o", "json"]).unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Keyspace(keyspace::KeyspaceArgs {
+                command: keyspace::KeyspaceCommand::List
+            })
+        ));
+        let keyspace::KeyspaceCommand::Describe { name } =
+            keyspace_command(&["keyspace", "describe", "users", "--timeout", "1s"])
+        else {
+            panic!("not describe")
+        };
+        assert_eq!(name, "users");
+        let keyspace::KeyspaceCommand::Drop { name, force } =
+            keyspace_command(&["keyspace", "drop", "users", "--force"])
+        else {
+            panic!("not drop")
+        };
+        assert_eq!((name.as_str(), force), ("users", true));
+        let keyspace::KeyspaceCommand::Drop { force, .. } =
+            keyspace_command(&["keyspace", "drop", "users"])
+        else {
+            panic!("not drop")
+        };
+        assert!(!force);
+        let keyspace::KeyspaceCommand::Locate { name, keys } =
+            keyspace_command(&["keyspace", "locate", "users", "a", "b"])
+        else {
+            panic!("not locate")
+        };
+        assert_eq!(
+            (name.as_str(), keys),
+            ("users", vec!["a".into(), "b".into()])
+        );
+    }
+
+    #[test]
+    fn directory_commands() {
+        let directory::DirectoryCommand::Set {
+            keyspace,
+            directory,
+            group,
+        } = directory_command(&["directory", "set", "tenants", "acme", "7", "-o", "json"])
+        else {
+            panic!("not set")
+        };
+        assert_eq!(
+            (keyspace.as_str(), directory.as_str(), group),
+            ("tenants", "acme", 7)
+        );
+        let directory::DirectoryCommand::Get {
+            keyspace,
+            directory,
+        } = directory_command(&["directory", "get", "tenants", "acme"])
+        else {
+            panic!("not get")
+        };
+        assert_eq!((keyspace.as_str(), directory.as_str()), ("tenants", "acme"));
+        let directory::DirectoryCommand::List { keyspace } =
+            directory_command(&["directory", "list", "tenants"])
+        else {
+            panic!("not list")
+        };
+        assert_eq!(keyspace, "tenants");
+        let directory::DirectoryCommand::Remove {
+            keyspace,
+            directory,
+        } = directory_command(&["directory", "remove", "tenants", "acme"])
+        else {
+            panic!("not remove")
+        };
+        assert_eq!((keyspace.as_str(), directory.as_str()), ("tenants", "acme"));
+    }
+
+    #[test]
+    fn data_commands_take_a_keyspace() {
+        for args in [
+            &["put", "k", "v", "--keyspace", "users"][..],
+            &["get", "k", "--keyspace", "users"],
+            &["delete", "k", "--keyspace", "users"],
+            &["scan", "a", "b", "--keyspace", "users"],
+        ] {
+            let target = match parse(args).unwrap().command {
+                Command::Put(a) => a.target,
+                Command::Get(a) => a.target,
+                Command::Delete(a) => a.target,
+                Command::Scan(a) => a.target,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(target.keyspace, "users", "{args:?}");
+        }
+    }
+
+    #[test]
+    fn admin_usage_errors() {
+        for bad in [
+            &["keyspace"][..],
+            &["keyspace", "create", "k"],
+            &[
+                "keyspace",
+                "create",
+                "k",
+                "--strategy",
+                "hash",
+                "--shards",
+                "x",
+            ],
+            &["keyspace", "describe"],
+            &["keyspace", "locate", "k"],
+            &["directory", "set", "t", "d"],
+            &["directory", "set", "t", "d", "group-one"],
+            &["directory", "get", "t"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.use_stderr(), "{bad:?}");
+        }
     }
 
     #[test]
