@@ -11,6 +11,7 @@
 //! Logs go to stderr, and only when `RUST_LOG` is set, so that stdout stays pipeable.
 
 mod args;
+mod bench;
 mod delete;
 mod dev;
 mod directory;
@@ -52,6 +53,8 @@ enum Command {
     Directory(directory::DirectoryArgs),
     /// Run a local cluster (three nodes and a router on loopback) in the foreground.
     Dev(dev::DevArgs),
+    /// Generate load and report throughput and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 /// How a successful command ends.
@@ -114,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Keyspace(args) => keyspace::run(args, &global).await,
         Command::Directory(args) => directory::run(args, &global).await,
         Command::Dev(args) => dev::run(args).await,
+        Command::Bench(args) => bench::run(args, &global).await,
     }
 }
 
