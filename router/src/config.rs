@@ -18,7 +18,8 @@ pub struct Config {
     /// The longest a client request may take, retries included. A shorter `grpc-timeout` sent
     /// by the client wins.
     pub request_timeout: Duration,
-    /// How often the cluster map is re-read when nothing suggests it changed.
+    /// How often the cluster map is re-read when nothing suggests it changed: a fallback, since
+    /// the router follows the map with `WatchClusterMap`.
     pub map_refresh_interval: Duration,
     /// Key and value size limits checked before anything is sent to a node.
     pub limits: Limits,
@@ -36,7 +37,7 @@ impl Config {
             nodes,
             http: None,
             request_timeout: Duration::from_secs(5),
-            map_refresh_interval: Duration::from_secs(1),
+            map_refresh_interval: Duration::from_secs(5),
             limits: Limits::default(),
         }
     }

@@ -47,6 +47,39 @@ pub enum RouterError {
         message: String,
         error_code: Option<String>,
     },
+    /// A node refused a request because it was routed with an out-of-date map (`STALE_EPOCH`,
+    /// `WRONG_GROUP`), or the map no longer has the group. The map has been refreshed; the
+    /// operation routes again. Only escapes to a client if that keeps happening until the
+    /// deadline, as [`RouterError::Unavailable`]; reported as `ABORTED` should it ever escape.
+    #[error("shard group {group}: routed with an out-of-date map ({code}): {message}")]
+    Remap {
+        group: GroupId,
+        code: String,
+        message: String,
+    },
+    /// An administrative request the map refuses (checked by the router against its map, with
+    /// the same rules the meta group applies): unknown keyspace, existing keyspace, invalid
+    /// change.
+    #[error("{0}")]
+    Admin(MapError),
+    /// The meta group refused a map change; its status is passed on unchanged.
+    #[error("{message}")]
+    MapChangeRefused {
+        code: Code,
+        message: String,
+        error_code: Option<String>,
+    },
+    /// Dropping a keyspace that still holds keys, without `force`.
+    #[error("keyspace {keyspace} holds data in group {group}; use --force to drop it anyway")]
+    KeyspaceNotEmpty { keyspace: String, group: GroupId },
+    /// Moving (or removing) a directory entry whose keys live in another group.
+    #[error("directory {directory} has data in group {group}; {action} needs data migration, which is not supported yet")]
+    DirectoryNotEmpty {
+        directory: String,
+        group: GroupId,
+        /// What was asked: "moving it" or "removing its entry".
+        action: &'static str,
+    },
     /// A node answered with something that does not fit the protocol.
     #[error("bad response from shard group {group}: {reason}")]
     BadResponse { group: GroupId, reason: String },
@@ -94,6 +127,15 @@ impl RouterError {
             }
             RouterError::Node { error_code, .. } => error_code.as_deref(),
             RouterError::Map(MapError::UnknownGroup(_)) => Some(codes::UNKNOWN_GROUP),
+            RouterError::Remap { code, .. } => Some(code),
+            RouterError::Admin(e) => Some(match e {
+                MapError::UnknownKeyspace(_) => codes::UNKNOWN_KEYSPACE,
+                MapError::KeyspaceExists(_) => codes::KEYSPACE_EXISTS,
+                _ => codes::INVALID_MAP_CHANGE,
+            }),
+            RouterError::MapChangeRefused { error_code, .. } => error_code.as_deref(),
+            RouterError::KeyspaceNotEmpty { .. } => Some(codes::KEYSPACE_NOT_EMPTY),
+            RouterError::DirectoryNotEmpty { .. } => Some(codes::DIRECTORY_NOT_EMPTY),
             _ => None,
         }
     }
@@ -109,6 +151,16 @@ impl RouterError {
             RouterError::NotReady | RouterError::Unavailable { .. } => Code::Unavailable,
             RouterError::Node { code, .. } => *code,
             RouterError::Map(MapError::UnknownGroup(_)) => Code::Unavailable,
+            RouterError::Remap { .. } => Code::Aborted,
+            RouterError::Admin(e) => match e {
+                MapError::UnknownKeyspace(_) => Code::NotFound,
+                MapError::KeyspaceExists(_) => Code::AlreadyExists,
+                _ => Code::InvalidArgument,
+            },
+            RouterError::MapChangeRefused { code, .. } => *code,
+            RouterError::KeyspaceNotEmpty { .. } | RouterError::DirectoryNotEmpty { .. } => {
+                Code::FailedPrecondition
+            }
             _ => Code::Internal,
         }
     }
@@ -183,5 +235,87 @@ mod tests {
         assert!(status.message().contains("group 4"));
         assert!(status.message().contains("connection refused"));
         assert_eq!(code_of(&status), Some(codes::NO_QUORUM));
+    }
+
+    #[test]
+    fn admin_errors_map_to_their_codes() {
+        let cases = [
+            (
+                RouterError::Admin(MapError::UnknownKeyspace("k".into())),
+                Code::NotFound,
+                codes::UNKNOWN_KEYSPACE,
+            ),
+            (
+                RouterError::Admin(MapError::KeyspaceExists("k".into())),
+                Code::AlreadyExists,
+                codes::KEYSPACE_EXISTS,
+            ),
+            (
+                RouterError::Admin(MapError::Invalid("unknown strategy \"x\"".into())),
+                Code::InvalidArgument,
+                codes::INVALID_MAP_CHANGE,
+            ),
+            (
+                RouterError::KeyspaceNotEmpty {
+                    keyspace: "k".into(),
+                    group: 7,
+                },
+                Code::FailedPrecondition,
+                codes::KEYSPACE_NOT_EMPTY,
+            ),
+            (
+                RouterError::DirectoryNotEmpty {
+                    directory: "tenant-a".into(),
+                    group: 7,
+                    action: "moving it",
+                },
+                Code::FailedPrecondition,
+                codes::DIRECTORY_NOT_EMPTY,
+            ),
+            (
+                RouterError::Remap {
+                    group: 7,
+                    code: codes::WRONG_GROUP.into(),
+                    message: "x".into(),
+                },
+                Code::Aborted,
+                codes::WRONG_GROUP,
+            ),
+        ];
+        for (err, code, error_code) in cases {
+            let status = to_status(err);
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert_eq!(code_of(&status), Some(error_code));
+        }
+    }
+
+    #[test]
+    fn refused_map_changes_pass_through_unchanged() {
+        let status = to_status(RouterError::MapChangeRefused {
+            code: Code::AlreadyExists,
+            message: "keyspace \"k\" already exists".into(),
+            error_code: Some(codes::KEYSPACE_EXISTS.into()),
+        });
+        assert_eq!(status.code(), Code::AlreadyExists);
+        assert_eq!(status.message(), "keyspace \"k\" already exists");
+        assert_eq!(code_of(&status), Some(codes::KEYSPACE_EXISTS));
+
+        let status = to_status(RouterError::KeyspaceNotEmpty {
+            keyspace: "logs".into(),
+            group: 9,
+        });
+        assert_eq!(
+            status.message(),
+            "keyspace logs holds data in group 9; use --force to drop it anyway"
+        );
+        let status = to_status(RouterError::DirectoryNotEmpty {
+            directory: "tenant-a".into(),
+            group: 9,
+            action: "moving it",
+        });
+        assert_eq!(
+            status.message(),
+            "directory tenant-a has data in group 9; moving it needs data migration, which is not supported yet"
+        );
     }
 }

@@ -1,51 +1,99 @@
 //! A fake storage cluster for the router's tests: real gRPC `Node` servers on loopback that
-//! share one in-memory store, with a switchable leader and error injection.
+//! share one in-memory store (one key space per group), with a switchable leader, error
+//! injection, the map checks a real node makes (`STALE_EPOCH`, `WRONG_GROUP`), map changes
+//! through `ProposeMapChange` and map streams through `WatchClusterMap`.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures::Stream;
 use kv_proto::kv::KeyValue;
 use kv_proto::node::node_server::{Node, NodeServer};
 use kv_proto::node::{
     write_op, GetClusterMapRequest, GetClusterMapResponse, GroupStatusRequest, GroupStatusResponse,
-    NodeScanRequest, NodeScanResponse, ReadRequest, ReadResponse, ReadResult, WriteRequest,
-    WriteResponse, WriteResult,
+    NodeScanRequest, NodeScanResponse, ProposeMapChangeRequest, ProposeMapChangeResponse,
+    ReadRequest, ReadResponse, ReadResult, WatchClusterMapRequest, WriteRequest, WriteResponse,
+    WriteResult,
 };
 use kv_proto::{codes, meta};
-use shardmap::{ClusterMap, NodeId};
+use shardmap::{ClusterMap, CompiledMap, GroupId, MapChange, MapError, NodeId};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 
+/// One group's keys: value and version.
+pub type GroupData = BTreeMap<Bytes, (Bytes, u64)>;
+
 /// State shared by every fake node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
-    pub data: Mutex<BTreeMap<Bytes, (Bytes, u64)>>,
+    pub data: Mutex<BTreeMap<GroupId, GroupData>>,
     pub index: AtomicU64,
     /// The node that accepts requests (0: none, everyone answers NO_QUORUM).
     pub leader: AtomicU64,
     /// Whether NOT_LEADER errors carry the leader hint.
     pub hints: AtomicU64,
-    pub map: Mutex<Option<ClusterMap>>,
+    /// The nodes' cluster map; watchers see every change.
+    pub map: watch::Sender<Option<CompiledMap>>,
     /// Data requests received, by any node.
     pub calls: AtomicU64,
+    /// The groups scanned, in the order the scans arrived.
+    pub scans: Mutex<Vec<GroupId>>,
+    /// Map changes proposed (accepted or not).
+    pub proposals: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            data: Mutex::default(),
+            index: AtomicU64::new(0),
+            leader: AtomicU64::new(0),
+            hints: AtomicU64::new(0),
+            map: watch::Sender::new(None),
+            calls: AtomicU64::new(0),
+            scans: Mutex::default(),
+            proposals: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shared {
+    fn map(&self) -> Option<CompiledMap> {
+        self.map.borrow().clone()
+    }
 }
 
 #[derive(Debug, Clone)]
 struct FakeNode {
     id: NodeId,
     shared: Arc<Shared>,
+    stop: CancellationToken,
 }
 
 fn status(code: Code, error_code: &'static str) -> Status {
-    let mut s = Status::new(code, error_code.to_lowercase());
+    status_msg(code, error_code, error_code.to_lowercase())
+}
+
+fn status_msg(code: Code, error_code: &'static str, message: String) -> Status {
+    let mut s = Status::new(code, message);
     s.metadata_mut()
         .insert(meta::ERROR_CODE, MetadataValue::from_static(error_code));
     s
+}
+
+fn map_response(map: &ClusterMap) -> GetClusterMapResponse {
+    GetClusterMapResponse {
+        epoch: map.epoch,
+        map_json: serde_json::to_vec(map).unwrap().into(),
+    }
 }
 
 impl FakeNode {
@@ -64,18 +112,43 @@ impl FakeNode {
                 .insert(meta::LEADER_ID, MetadataValue::from(leader));
             let addr = self
                 .shared
-                .map
-                .lock()
-                .unwrap()
-                .as_ref()
-                .and_then(|m| m.node_addr(leader).map(str::to_string));
+                .map()
+                .and_then(|m| m.map.node_addr(leader).map(str::to_string));
             if let Some(addr) = addr.and_then(|a| MetadataValue::try_from(a).ok()) {
                 s.metadata_mut().insert(meta::LEADER_ADDR, addr);
             }
         }
         Err(s)
     }
+
+    /// What a real node checks before serving a data request for `keys` of `group` routed
+    /// with map `epoch`.
+    fn check_routing<'k>(
+        &self,
+        group: GroupId,
+        epoch: u64,
+        keys: impl IntoIterator<Item = &'k Bytes>,
+    ) -> Result<CompiledMap, Status> {
+        let map = self
+            .shared
+            .map()
+            .ok_or_else(|| status(Code::Unavailable, codes::NOT_READY))?;
+        let Some(key_set_epoch) = map.key_set_epoch(group) else {
+            return Err(status(Code::NotFound, codes::UNKNOWN_GROUP));
+        };
+        if epoch != 0 && epoch < key_set_epoch {
+            return Err(status(Code::Aborted, codes::STALE_EPOCH));
+        }
+        for key in keys {
+            if !map.owns(group, key).unwrap_or(false) {
+                return Err(status(Code::Aborted, codes::WRONG_GROUP));
+            }
+        }
+        Ok(map)
+    }
 }
+
+type MapStream = Pin<Box<dyn Stream<Item = Result<GetClusterMapResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Node for FakeNode {
@@ -85,7 +158,18 @@ impl Node for FakeNode {
     ) -> Result<Response<WriteResponse>, Status> {
         self.check_leader()?;
         let req = request.into_inner();
-        let mut data = self.shared.data.lock().unwrap();
+        let keys: Vec<Bytes> = req
+            .ops
+            .iter()
+            .filter_map(|op| match &op.op {
+                Some(write_op::Op::Put(p)) => Some(p.key.clone()),
+                Some(write_op::Op::Delete(d)) => Some(d.key.clone()),
+                None => None,
+            })
+            .collect();
+        self.check_routing(req.group_id, req.epoch, &keys)?;
+        let mut all = self.shared.data.lock().unwrap();
+        let data = all.entry(req.group_id).or_default();
         let index = self.shared.index.fetch_add(1, Ordering::Relaxed) + 1;
         let mut results = Vec::new();
         for op in req.ops {
@@ -119,9 +203,12 @@ impl Node for FakeNode {
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         self.check_leader()?;
-        let data = self.shared.data.lock().unwrap();
-        let results = request
-            .into_inner()
+        let req = request.into_inner();
+        self.check_routing(req.group_id, req.epoch, &req.keys)?;
+        let all = self.shared.data.lock().unwrap();
+        let empty = GroupData::new();
+        let data = all.get(&req.group_id).unwrap_or(&empty);
+        let results = req
             .keys
             .iter()
             .map(|k| match data.get(k) {
@@ -146,32 +233,30 @@ impl Node for FakeNode {
     ) -> Result<Response<NodeScanResponse>, Status> {
         self.check_leader()?;
         let req = request.into_inner();
-        let map = self.shared.map.lock().unwrap().clone();
-        let compiled = map.and_then(|m| shardmap::CompiledMap::new(m).ok());
-        let data = self.shared.data.lock().unwrap();
+        self.check_routing(req.group_id, req.epoch, [])?;
+        self.shared.scans.lock().unwrap().push(req.group_id);
+        let all = self.shared.data.lock().unwrap();
         let mut kvs = Vec::new();
         let mut more = false;
-        for (k, (v, ver)) in data.range(req.start.clone()..) {
-            if !req.end.is_empty() && *k >= req.end {
-                break;
+        if let Some(data) = all.get(&req.group_id) {
+            for (k, (v, ver)) in data.range(req.start.clone()..) {
+                if !req.end.is_empty() && *k >= req.end {
+                    break;
+                }
+                if kvs.len() == req.limit as usize {
+                    more = true;
+                    break;
+                }
+                kvs.push(KeyValue {
+                    key: k.clone(),
+                    value: if req.keys_only {
+                        Bytes::new()
+                    } else {
+                        v.clone()
+                    },
+                    version: *ver,
+                });
             }
-            // Only the keys of the requested group, as a real node would hold.
-            if compiled.as_ref().and_then(|m| m.locate("", k).ok()) != Some(req.group_id) {
-                continue;
-            }
-            if kvs.len() == req.limit as usize {
-                more = true;
-                break;
-            }
-            kvs.push(KeyValue {
-                key: k.clone(),
-                value: if req.keys_only {
-                    Bytes::new()
-                } else {
-                    v.clone()
-                },
-                version: *ver,
-            });
         }
         Ok(Response::new(NodeScanResponse {
             kvs,
@@ -185,14 +270,76 @@ impl Node for FakeNode {
         &self,
         _: Request<GetClusterMapRequest>,
     ) -> Result<Response<GetClusterMapResponse>, Status> {
-        let map = self.shared.map.lock().unwrap().clone();
-        match map {
-            Some(map) => Ok(Response::new(GetClusterMapResponse {
-                epoch: map.epoch,
-                map_json: serde_json::to_vec(&map).unwrap().into(),
-            })),
+        match self.shared.map() {
+            Some(map) => Ok(Response::new(map_response(&map.map))),
             None => Err(status(Code::Unavailable, codes::NOT_READY)),
         }
+    }
+
+    type WatchClusterMapStream = MapStream;
+
+    async fn watch_cluster_map(
+        &self,
+        request: Request<WatchClusterMapRequest>,
+    ) -> Result<Response<MapStream>, Status> {
+        let mut last = request.into_inner().from_epoch;
+        let updates = WatchStream::new(self.shared.map.subscribe()).filter_map(move |map| {
+            let map = map?;
+            (map.map.epoch > last).then(|| {
+                last = map.map.epoch;
+                Ok(map_response(&map.map))
+            })
+        });
+        let updates = futures::StreamExt::take_until(updates, self.stop.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(updates)))
+    }
+
+    async fn propose_map_change(
+        &self,
+        request: Request<ProposeMapChangeRequest>,
+    ) -> Result<Response<ProposeMapChangeResponse>, Status> {
+        self.shared.proposals.fetch_add(1, Ordering::Relaxed);
+        self.check_leader()?;
+        let req = request.into_inner();
+        let change: MapChange = serde_json::from_slice(&req.change_json)
+            .map_err(|e| Status::invalid_argument(format!("undecodable change: {e}")))?;
+        let mut result = Err(status(Code::Unavailable, codes::NOT_READY));
+        self.shared.map.send_if_modified(|current| {
+            let Some(map) = current else {
+                return false;
+            };
+            if req.expected_epoch != 0 && req.expected_epoch != map.map.epoch {
+                result = Err(status(Code::Aborted, codes::STALE_EPOCH));
+                return false;
+            }
+            match map.map.apply(&change) {
+                Ok(next) => {
+                    result = Ok(ProposeMapChangeResponse {
+                        epoch: next.epoch,
+                        map_json: serde_json::to_vec(&next).unwrap().into(),
+                    });
+                    *current = Some(CompiledMap::new(next).unwrap());
+                    true
+                }
+                Err(e) => {
+                    result = Err(match &e {
+                        MapError::UnknownKeyspace(_) => {
+                            status_msg(Code::NotFound, codes::UNKNOWN_KEYSPACE, e.to_string())
+                        }
+                        MapError::KeyspaceExists(_) => {
+                            status_msg(Code::AlreadyExists, codes::KEYSPACE_EXISTS, e.to_string())
+                        }
+                        _ => status_msg(
+                            Code::InvalidArgument,
+                            codes::INVALID_MAP_CHANGE,
+                            e.to_string(),
+                        ),
+                    });
+                    false
+                }
+            }
+        });
+        result.map(Response::new)
     }
 
     async fn group_status(
@@ -212,6 +359,7 @@ pub struct FakeCluster {
     pub addrs: Vec<String>,
     pub map: ClusterMap,
     stop: CancellationToken,
+    node_stops: Vec<CancellationToken>,
 }
 
 impl FakeCluster {
@@ -220,38 +368,90 @@ impl FakeCluster {
         shared.hints.store(1, Ordering::Relaxed);
         let stop = CancellationToken::new();
         let mut nodes = Vec::new();
+        let mut node_stops = Vec::new();
         for id in 1..=n {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
+            let node_stop = stop.child_token();
             let node = FakeNode {
                 id,
                 shared: shared.clone(),
+                stop: node_stop.clone(),
             };
-            let stop = stop.clone();
+            let serve_stop = node_stop.clone();
             tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .add_service(NodeServer::new(node))
                     .serve_with_incoming_shutdown(
                         TcpListenerStream::new(listener),
-                        stop.cancelled_owned(),
+                        serve_stop.cancelled_owned(),
                     )
                     .await
                     .unwrap();
             });
             nodes.push((id, addr));
+            node_stops.push(node_stop);
         }
         let map = ClusterMap::bootstrap(&nodes, shards, n.min(3) as usize).unwrap();
-        *shared.map.lock().unwrap() = Some(map.clone());
+        shared
+            .map
+            .send_replace(Some(CompiledMap::new(map.clone()).unwrap()));
         FakeCluster {
             shared,
             addrs: nodes.into_iter().map(|(_, a)| a).collect(),
             map,
             stop,
+            node_stops,
         }
     }
 
     pub fn set_leader(&self, id: NodeId) {
         self.shared.leader.store(id, Ordering::Relaxed);
+    }
+
+    /// The nodes' current map.
+    pub fn current_map(&self) -> ClusterMap {
+        self.shared.map().unwrap().map
+    }
+
+    /// Applies `change` to the nodes' map directly (as if through another router).
+    pub fn change_map(&self, change: &MapChange) -> ClusterMap {
+        let next = self.current_map().apply(change).unwrap();
+        self.shared
+            .map
+            .send_replace(Some(CompiledMap::new(next.clone()).unwrap()));
+        next
+    }
+
+    /// Stores a key in `group` directly.
+    pub fn insert(&self, group: GroupId, key: &[u8], value: &[u8]) {
+        let index = self.shared.index.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared
+            .data
+            .lock()
+            .unwrap()
+            .entry(group)
+            .or_default()
+            .insert(
+                Bytes::copy_from_slice(key),
+                (Bytes::copy_from_slice(value), index),
+            );
+    }
+
+    /// The keys stored in `group`.
+    pub fn keys_of(&self, group: GroupId) -> Vec<Bytes> {
+        self.shared
+            .data
+            .lock()
+            .unwrap()
+            .get(&group)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops node `id`'s server (its watch streams end).
+    pub fn stop_node(&self, id: NodeId) {
+        self.node_stops[id as usize - 1].cancel();
     }
 }
 

@@ -1,7 +1,9 @@
 //! The pure half of fan-out: splitting a batch by shard group, putting per-group answers back
-//! in request order, and merging per-group scans into one key-ordered page.
+//! in request order, merging per-group scans into one key-ordered page, and walking the groups
+//! of a range keyspace in key order until a scan's limit is reached.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use kv_proto::kv::KeyValue;
 use shardmap::GroupId;
@@ -42,6 +44,45 @@ pub fn merge_scans(parts: Vec<GroupScan>, limit: usize) -> (Vec<KeyValue>, bool)
         more = true;
     }
     (all, more)
+}
+
+/// Scans groups that hold disjoint, increasing key ranges (a range keyspace's groups from
+/// `groups_for_scan`), one after another, each asked for what is left of `limit`, and stops
+/// as soon as the limit is reached: later groups are not touched. Returns the page and whether
+/// more keys may remain.
+///
+/// When the page fills up before the last group, `more` is true even if the later groups turn
+/// out to be empty: finding out would mean asking them. A group cut short by its own limit
+/// (a node capping it lower) ends the page there, since keys of later groups come after its
+/// unread ones.
+pub async fn ordered_scan<E, F, Fut>(
+    groups: &[GroupId],
+    limit: usize,
+    mut scan: F,
+) -> Result<(Vec<KeyValue>, bool), E>
+where
+    F: FnMut(GroupId, u32) -> Fut,
+    Fut: Future<Output = Result<GroupScan, E>>,
+{
+    let mut kvs: Vec<KeyValue> = Vec::new();
+    for (i, &group) in groups.iter().enumerate() {
+        let left = limit.saturating_sub(kvs.len());
+        if left == 0 {
+            return Ok((kvs, true));
+        }
+        let part = scan(group, u32::try_from(left).unwrap_or(u32::MAX)).await?;
+        let cut = part.more;
+        kvs.extend(part.kvs);
+        if kvs.len() >= limit {
+            let more = cut || kvs.len() > limit || i + 1 < groups.len();
+            kvs.truncate(limit);
+            return Ok((kvs, more));
+        }
+        if cut {
+            return Ok((kvs, true));
+        }
+    }
+    Ok((kvs, false))
 }
 
 /// The positions of a batch's items, grouped by the shard group that holds each item's key.
@@ -165,6 +206,89 @@ mod tests {
         let (kvs, more) = merge_scans(vec![], 10);
         assert!(kvs.is_empty());
         assert!(!more);
+    }
+
+    /// Runs `ordered_scan` over fake groups (group id -> its sorted keys); returns the page,
+    /// `more`, and the (group, limit) calls made, in order.
+    fn run_ordered(
+        groups: &[(GroupId, &[&str])],
+        limit: usize,
+    ) -> (Vec<String>, bool, Vec<(GroupId, u32)>) {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let ids: Vec<GroupId> = groups.iter().map(|(g, _)| *g).collect();
+        let result = futures::executor::block_on(ordered_scan::<(), _, _>(&ids, limit, |g, l| {
+            calls.lock().unwrap().push((g, l));
+            let keys = groups.iter().find(|(id, _)| *id == g).unwrap().1;
+            let more = keys.len() > l as usize;
+            let part = part(&keys[..keys.len().min(l as usize)], more);
+            async move { Ok(part) }
+        }))
+        .unwrap();
+        let page = result
+            .0
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+            .collect();
+        (page, result.1, calls.into_inner().unwrap())
+    }
+
+    #[test]
+    fn ordered_scan_stops_at_the_limit_without_touching_later_groups() {
+        let groups: [(GroupId, &[&str]); 3] =
+            [(10, &["a", "b"]), (11, &["h", "i", "j"]), (12, &["q"])];
+        let (page, more, calls) = run_ordered(&groups, 4);
+        assert_eq!(page, vec!["a", "b", "h", "i"]);
+        assert!(more);
+        assert_eq!(calls, vec![(10, 4), (11, 2)]);
+
+        // The page fills exactly at the end of a group: the next one is not asked.
+        let (page, more, calls) = run_ordered(&groups, 2);
+        assert_eq!(page, vec!["a", "b"]);
+        assert!(more);
+        assert_eq!(calls, vec![(10, 2)]);
+    }
+
+    #[test]
+    fn ordered_scan_visits_every_group_in_order_when_the_limit_allows() {
+        let groups: [(GroupId, &[&str]); 3] = [(10, &["a"]), (11, &[]), (12, &["q", "r"])];
+        let (page, more, calls) = run_ordered(&groups, 10);
+        assert_eq!(page, vec!["a", "q", "r"]);
+        assert!(!more);
+        assert_eq!(calls, vec![(10, 10), (11, 9), (12, 9)]);
+        // Exactly at the limit on the last group: nothing more.
+        let (page, more, _) = run_ordered(&groups, 3);
+        assert_eq!(page.len(), 3);
+        assert!(!more);
+    }
+
+    #[test]
+    fn ordered_scan_ends_the_page_where_a_group_was_cut_short() {
+        let ids = [1, 2];
+        let (kvs, more) =
+            futures::executor::block_on(ordered_scan::<(), _, _>(&ids, 10, |g, _| {
+                // Group 1 caps itself at one key and says so.
+                let p = if g == 1 {
+                    part(&["a"], true)
+                } else {
+                    part(&["z"], false)
+                };
+                async move { Ok(p) }
+            }))
+            .unwrap();
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8]]);
+        assert!(more);
+    }
+
+    #[test]
+    fn ordered_scan_passes_errors_on() {
+        let r = futures::executor::block_on(ordered_scan(&[1, 2], 10, |g, _| async move {
+            if g == 2 {
+                Err("down")
+            } else {
+                Ok(part(&["a"], false))
+            }
+        }));
+        assert_eq!(r.unwrap_err(), "down");
     }
 
     #[test]

@@ -9,14 +9,15 @@ use std::sync::Mutex;
 
 use shardmap::{GroupId, NodeId};
 
-/// Group id to the node id believed to lead it.
+/// Group id to the node id believed to lead it, and whether a node confirmed it (an answer or
+/// a hint) rather than the router guessing it after a failure.
 #[derive(Debug, Default)]
 pub struct LeaderCache {
-    leaders: Mutex<HashMap<GroupId, NodeId>>,
+    leaders: Mutex<HashMap<GroupId, (NodeId, bool)>>,
 }
 
 impl LeaderCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, NodeId>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, (NodeId, bool)>> {
         self.leaders
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -25,14 +26,22 @@ impl LeaderCache {
     /// The replica to try first: the cached leader if it is still a replica, else the first one.
     pub fn pick(&self, group: GroupId, replicas: &[NodeId]) -> Option<NodeId> {
         match self.lock().get(&group) {
-            Some(leader) if replicas.contains(leader) => Some(*leader),
+            Some((leader, _)) if replicas.contains(leader) => Some(*leader),
             _ => replicas.first().copied(),
+        }
+    }
+
+    /// The group's leader as last confirmed by a node (an answer or a hint), if any.
+    pub fn known(&self, group: GroupId) -> Option<NodeId> {
+        match self.lock().get(&group) {
+            Some((leader, true)) => Some(*leader),
+            _ => None,
         }
     }
 
     /// Records `leader` as the group's leader.
     pub fn set(&self, group: GroupId, leader: NodeId) {
-        self.lock().insert(group, leader);
+        self.lock().insert(group, (leader, true));
     }
 
     /// After `failed` did not answer, moves the cache to `next`, unless another request has
@@ -40,9 +49,9 @@ impl LeaderCache {
     pub fn advance(&self, group: GroupId, failed: NodeId, next: NodeId) {
         let mut leaders = self.lock();
         match leaders.get(&group) {
-            Some(current) if *current != failed => {}
+            Some((current, _)) if *current != failed => {}
             _ => {
-                leaders.insert(group, next);
+                leaders.insert(group, (next, false));
             }
         }
     }
@@ -79,8 +88,12 @@ mod tests {
         cache.set(1, 2);
         cache.advance(1, 3, 1);
         assert_eq!(cache.pick(1, &[1, 2, 3]), Some(2));
+        assert_eq!(cache.known(1), Some(2));
         cache.advance(1, 2, 3);
         assert_eq!(cache.pick(1, &[1, 2, 3]), Some(3));
+        // A guess after a failure is not a known leader.
+        assert_eq!(cache.known(1), None);
+        assert_eq!(cache.known(2), None);
     }
 
     #[test]

@@ -4,14 +4,17 @@
 //!
 //! Modules, in the order a request meets them:
 //!
-//! - [`service`](crate::service): the gRPC handlers; thin, they only fix the deadline, call
-//!   the router and count outcomes.
+//! - [`service`](crate::service) and [`admin`](crate::admin): the gRPC handlers of `Kv` and
+//!   `Admin`; thin, they only fix the deadline, call the router and count outcomes.
+//! - `keyspaces`: keyspace and directory administration: answers from the cached map, changes
+//!   proposed to the meta group after checking the data they would strand.
 //! - `routing`: validation, placement and the one retry loop every node RPC goes through
 //!   (leader cache, `NOT_LEADER` redirects, backoff across replicas).
 //! - `fanout`: pure helpers for requests spanning groups: batch splitting and reassembly,
 //!   scan merging.
 //! - `retry`: pure policy: which node errors are worth retrying, backoff, deadlines.
-//! - `map_cache`: the cluster map, loaded from any node and refreshed in the background.
+//! - `map_cache`: the cluster map, followed with `WatchClusterMap`, polled as a fallback, and
+//!   read on demand when a node says a request was routed with an old one.
 //! - `leader`: which replica leads each group, as far as the router knows.
 //! - `pool`: one lazily connected gRPC channel per node.
 //! - [`error`]: [`RouterError`], and the single function that turns it into a gRPC status.
@@ -21,12 +24,14 @@
 //! Placement itself (hash ring, keyspaces) lives in the `shardmap` crate, shared with nodes and
 //! clients so that they can never disagree.
 
+pub mod admin;
 pub mod config;
 pub mod error;
 #[cfg(test)]
 mod fake_node;
 mod fanout;
 mod http;
+mod keyspaces;
 mod leader;
 mod map_cache;
 mod metrics;
@@ -37,6 +42,7 @@ pub mod service;
 
 use std::sync::Arc;
 
+use kv_proto::kv::admin_server::AdminServer;
 use kv_proto::kv::kv_server::KvServer;
 use kv_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
@@ -47,15 +53,16 @@ use tokio_util::sync::CancellationToken;
 pub use config::{parse_duration, Config, DurationParseError};
 pub use error::{to_status, RouterError};
 
+use admin::AdminService;
 use map_cache::MapCache;
 use metrics::Metrics;
 use pool::NodePool;
 use routing::Router;
 use service::KvService;
 
-/// Runs the router on `listener` until `shutdown` is cancelled: loads and refreshes the cluster
-/// map in the background, serves the `/health`, `/ready` and `/metrics` endpoints when
-/// `config.http` is set, and serves the KV API. Requests that arrive before the first map is
+/// Runs the router on `listener` until `shutdown` is cancelled: loads the cluster map, follows
+/// it with `WatchClusterMap` and polls it as a fallback in the background, serves the `/health`, `/ready` and `/metrics` endpoints when
+/// `config.http` is set, and serves the `Kv` and `Admin` APIs. Requests that arrive before the first map is
 /// loaded wait for it until their deadline.
 ///
 /// Returns once the gRPC server has drained and the background tasks have stopped.
@@ -98,7 +105,14 @@ pub async fn run(
         stop.clone(),
     ));
 
+    let watcher = tokio::spawn(maps.clone().run_watcher(
+        pool.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+
     let router = Arc::new(Router::new(maps, pool, metrics.clone(), config.limits));
+    let admin = AdminService::new(router.clone(), metrics.clone(), config.request_timeout);
     let service = KvService::new(router, metrics, config.request_timeout);
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(stream) = &conn {
@@ -113,12 +127,20 @@ pub async fn run(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(
+            AdminServer::new(admin)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
         .await;
 
     stop.cancel();
     if let Err(e) = refresher.await {
         tracing::warn!(error = %e, "map refresher ended abnormally");
+    }
+    if let Err(e) = watcher.await {
+        tracing::warn!(error = %e, "map watcher ended abnormally");
     }
     if let Some(task) = http_task {
         match task.await {
@@ -240,5 +262,114 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn serves_admin_beside_kv_and_a_change_reaches_other_routers_within_a_second() {
+        use kv_proto::kv::admin_client::AdminClient;
+        use kv_proto::kv::{
+            CreateKeyspaceRequest, DescribeKeyspaceRequest, KeyspaceSpec, ListKeyspacesRequest,
+        };
+
+        let cluster = FakeCluster::start(3, 2).await;
+        cluster.set_leader(2);
+        let shutdown = CancellationToken::new();
+        let mut addrs = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..2 {
+            let mut config = Config::new(cluster.addrs.clone());
+            // Only the watch can bring the change in time.
+            config.map_refresh_interval = Duration::from_secs(600);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(format!("http://{}", listener.local_addr().unwrap()));
+            servers.push(tokio::spawn(run(config, listener, shutdown.clone())));
+        }
+        let mut first = AdminClient::connect(addrs[0].clone()).await.unwrap();
+        let mut second = AdminClient::connect(addrs[1].clone()).await.unwrap();
+        // Both routers have loaded the first map.
+        for client in [&mut first, &mut second] {
+            let listed = client
+                .list_keyspaces(ListKeyspacesRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(listed.keyspaces.len(), 1);
+        }
+
+        let created = first
+            .create_keyspace(CreateKeyspaceRequest {
+                spec: Some(KeyspaceSpec {
+                    name: "events".into(),
+                    strategy: "range".into(),
+                    split_points: vec![Bytes::from_static(b"m")],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let info = created.keyspace.unwrap();
+        assert_eq!(info.strategy, "range");
+        assert_eq!(info.groups[0].range_end, Bytes::from_static(b"m"));
+        let started = std::time::Instant::now();
+        loop {
+            let listed = second
+                .list_keyspaces(ListKeyspacesRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if listed.epoch >= created.epoch {
+                assert!(listed.keyspaces.iter().any(|k| k.name == "events"));
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "the change did not reach the second router within a second"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let err = second
+            .create_keyspace(CreateKeyspaceRequest {
+                spec: Some(KeyspaceSpec {
+                    name: "x".into(),
+                    strategy: "modulo".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("modulo"), "{}", err.message());
+        let err = second
+            .describe_keyspace(DescribeKeyspaceRequest {
+                name: "nope".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+
+        let mut kv = KvClient::connect(addrs[1].clone()).await.unwrap();
+        let put = kv
+            .put(PutRequest {
+                keyspace: "events".into(),
+                key: Bytes::from_static(b"z"),
+                value: Bytes::from_static(b"1"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(put.group_id, info.groups[1].id);
+
+        shutdown.cancel();
+        drop((first, second, kv));
+        for server in servers {
+            tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
     }
 }

@@ -38,8 +38,8 @@ struct Args {
     #[arg(long, env = "KVROUTER_REQUEST_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = kvrouter::parse_duration)]
     request_timeout: Duration,
 
-    /// How often to re-read the cluster map (e.g. 1s).
-    #[arg(long, env = "KVROUTER_MAP_REFRESH_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = kvrouter::parse_duration)]
+    /// How often to re-read the cluster map as a fallback to watching it (e.g. 5s).
+    #[arg(long, env = "KVROUTER_MAP_REFRESH_INTERVAL", default_value = "5s", value_name = "DURATION", value_parser = kvrouter::parse_duration)]
     map_refresh_interval: Duration,
 }
 

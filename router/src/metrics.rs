@@ -14,17 +14,38 @@ pub enum Method {
     Scan,
     BatchGet,
     BatchPut,
+    CreateKeyspace,
+    DropKeyspace,
+    ListKeyspaces,
+    DescribeKeyspace,
+    SetDirectory,
+    GetDirectory,
+    ListDirectory,
+    RemoveDirectory,
+    Locate,
 }
+
+/// How many methods are counted.
+const METHODS: usize = 15;
 
 impl Method {
     /// Every method, in the order they are rendered.
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; METHODS] = [
         Method::Get,
         Method::Put,
         Method::Delete,
         Method::Scan,
         Method::BatchGet,
         Method::BatchPut,
+        Method::CreateKeyspace,
+        Method::DropKeyspace,
+        Method::ListKeyspaces,
+        Method::DescribeKeyspace,
+        Method::SetDirectory,
+        Method::GetDirectory,
+        Method::ListDirectory,
+        Method::RemoveDirectory,
+        Method::Locate,
     ];
 
     /// The gRPC method name.
@@ -36,6 +57,15 @@ impl Method {
             Method::Scan => "Scan",
             Method::BatchGet => "BatchGet",
             Method::BatchPut => "BatchPut",
+            Method::CreateKeyspace => "CreateKeyspace",
+            Method::DropKeyspace => "DropKeyspace",
+            Method::ListKeyspaces => "ListKeyspaces",
+            Method::DescribeKeyspace => "DescribeKeyspace",
+            Method::SetDirectory => "SetDirectory",
+            Method::GetDirectory => "GetDirectory",
+            Method::ListDirectory => "ListDirectory",
+            Method::RemoveDirectory => "RemoveDirectory",
+            Method::Locate => "Locate",
         }
     }
 }
@@ -43,8 +73,8 @@ impl Method {
 /// The router's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: [AtomicU64; 6],
-    errors: [AtomicU64; 6],
+    requests: [AtomicU64; METHODS],
+    errors: [AtomicU64; METHODS],
     /// Node RPC attempts that failed and were retried on another (or the same) replica.
     pub node_retries: AtomicU64,
     /// Cluster maps loaded (a new epoch was installed).
@@ -135,7 +165,9 @@ mod tests {
         m.record(Method::Get, false);
         m.record(Method::Get, true);
         m.record(Method::BatchPut, false);
+        m.record(Method::CreateKeyspace, true);
         let text = m.render();
+        assert!(text.contains("kvrouter_errors_total{method=\"CreateKeyspace\"} 1\n"));
         assert!(text.contains("kvrouter_requests_total{method=\"Get\"} 2\n"));
         assert!(text.contains("kvrouter_errors_total{method=\"Get\"} 1\n"));
         assert!(text.contains("kvrouter_requests_total{method=\"BatchPut\"} 1\n"));

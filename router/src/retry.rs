@@ -24,6 +24,10 @@ pub enum Decision {
     /// Try the group's next replica after a short backoff. `refresh_map` asks for a map reload
     /// first, because the error suggests the map the request was routed with is out of date.
     NextReplica { refresh_map: bool },
+    /// The node says the request was routed with an out-of-date map (`STALE_EPOCH`: the
+    /// keyspace changed since the epoch sent; `WRONG_GROUP`: the key is not the group's under
+    /// the node's map). Read the map now and route again: the key may live elsewhere.
+    Remap,
     /// Retrying cannot help (bad input, or an error the router does not understand).
     Fail,
 }
@@ -59,9 +63,13 @@ pub fn classify(status: &Status) -> Decision {
                 None => Decision::NextReplica { refresh_map: false },
             }
         }
-        Some(codes::UNKNOWN_GROUP) | Some(codes::STALE_EPOCH) => {
-            Decision::NextReplica { refresh_map: true }
-        }
+        Some(codes::STALE_EPOCH) | Some(codes::WRONG_GROUP) => Decision::Remap,
+        Some(codes::UNKNOWN_GROUP) => Decision::NextReplica { refresh_map: true },
+        // Refusals of map changes by the meta group: the caller's answer, not a routing problem.
+        Some(codes::UNKNOWN_KEYSPACE)
+        | Some(codes::KEYSPACE_EXISTS)
+        | Some(codes::INVALID_MAP_CHANGE)
+        | Some(codes::CONDITION_FAILED) => Decision::Fail,
         Some(codes::NO_QUORUM) | Some(codes::NOT_READY) => {
             Decision::NextReplica { refresh_map: false }
         }
@@ -225,11 +233,23 @@ mod tests {
     }
 
     #[test]
-    fn unknown_group_and_stale_epoch_refresh_the_map() {
+    fn unknown_group_refreshes_the_map_and_stale_routing_remaps() {
         let s = status(Code::NotFound, Some(codes::UNKNOWN_GROUP), &[]);
         assert_eq!(classify(&s), Decision::NextReplica { refresh_map: true });
-        let s = status(Code::FailedPrecondition, Some(codes::STALE_EPOCH), &[]);
-        assert_eq!(classify(&s), Decision::NextReplica { refresh_map: true });
+        let s = status(Code::Aborted, Some(codes::STALE_EPOCH), &[]);
+        assert_eq!(classify(&s), Decision::Remap);
+        let s = status(Code::Aborted, Some(codes::WRONG_GROUP), &[]);
+        assert_eq!(classify(&s), Decision::Remap);
+    }
+
+    #[test]
+    fn refused_map_changes_are_not_retried() {
+        let s = status(Code::NotFound, Some(codes::UNKNOWN_KEYSPACE), &[]);
+        assert_eq!(classify(&s), Decision::Fail);
+        let s = status(Code::AlreadyExists, Some(codes::KEYSPACE_EXISTS), &[]);
+        assert_eq!(classify(&s), Decision::Fail);
+        let s = status(Code::InvalidArgument, Some(codes::INVALID_MAP_CHANGE), &[]);
+        assert_eq!(classify(&s), Decision::Fail);
     }
 
     #[test]

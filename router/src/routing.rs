@@ -3,8 +3,14 @@
 //!
 //! [`Router::call`] is the one retry loop every node RPC goes through: it sends to the cached
 //! leader, follows `NOT_LEADER` hints at once, walks the replicas with backoff on other
-//! retryable errors, and gives up with [`RouterError::Unavailable`] at the deadline. The
-//! operations above it only build node requests and shape answers.
+//! retryable errors, and gives up with [`RouterError::Unavailable`] at the deadline.
+//!
+//! Every data request carries the epoch of the map it was routed with. A node that knows a
+//! newer key-to-group mapping answers `STALE_EPOCH` or `WRONG_GROUP`; `call` then reads the map
+//! from that node and returns [`RouterError::Remap`], and the operation routes the affected keys
+//! again with the new map ([`Router::per_group`] for keys, a restart for scans). A request
+//! naming a keyspace the map lacks reads the map once more before it is refused: the keyspace
+//! may have just been created through another router.
 //!
 //! Retrying a write after a transport error or a timeout can apply it twice when the first
 //! attempt did reach the leader; for a conditional write the second attempt then reports a
@@ -16,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
+use kv_proto::codes;
 use kv_proto::kv::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, DeleteRequest,
     DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, ScanRequest, ScanResponse,
@@ -26,31 +33,62 @@ use kv_proto::node::{
     write_op, DeleteOp, NodeScanRequest, PutOp, ReadRequest, ReadResponse, WriteOp, WriteRequest,
     WriteResponse, WriteResult,
 };
-use shardmap::{CompiledMap, GroupId, Limits, NodeId};
+use shardmap::{CompiledMap, GroupId, Limits, MapError, NodeId};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::error::RouterError;
-use crate::fanout::{merge_scans, reassemble, scan_limit, split_by_group, GroupScan};
+use crate::fanout::{merge_scans, ordered_scan, reassemble, scan_limit, split_by_group, GroupScan};
 use crate::leader::{next_replica, LeaderCache};
 use crate::map_cache::MapCache;
 use crate::metrics::Metrics;
 use crate::pool::NodePool;
 use crate::retry::{attempt_budget, classify, error_code, Backoff, Decision};
 
+/// What an operation remembers while it routes again after out-of-date maps.
+#[derive(Debug, Default)]
+pub(crate) struct Rerouting {
+    backoff: Backoff,
+    /// Times the operation was routed again.
+    count: u32,
+    /// The last group that refused the routing: its id, the node's code and message.
+    last: Option<(GroupId, String, String)>,
+}
+
+impl Rerouting {
+    /// The error to report: when the operation ran out of time because it kept being routed
+    /// again (the deadline passed before a new attempt could even start), the refusal that
+    /// caused it, as unavailable; otherwise `err` itself.
+    pub(crate) fn explain(&self, err: RouterError) -> RouterError {
+        let out_of_time = matches!(
+            err,
+            RouterError::NotReady | RouterError::Unavailable { attempts: 0, .. }
+        );
+        match &self.last {
+            Some((group, code, message)) if out_of_time => RouterError::Unavailable {
+                group: *group,
+                attempts: self.count,
+                last_error: message.clone(),
+                code: Some(code.clone()),
+            },
+            _ => err,
+        }
+    }
+}
+
 /// Routes requests to shard groups. Shared by all connections.
 #[derive(Debug)]
 pub struct Router {
-    maps: Arc<MapCache>,
-    pool: Arc<NodePool>,
-    leaders: LeaderCache,
-    metrics: Arc<Metrics>,
-    limits: Limits,
+    pub(crate) maps: Arc<MapCache>,
+    pub(crate) pool: Arc<NodePool>,
+    pub(crate) leaders: LeaderCache,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
 }
 
 /// A node request carrying the attempt's budget as its gRPC timeout.
-fn timed<T>(message: T, budget: Duration) -> tonic::Request<T> {
+pub(crate) fn timed<T>(message: T, budget: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(budget);
     request
@@ -73,16 +111,21 @@ impl Router {
     }
 
     /// Runs one node RPC against `group` until it succeeds, fails for good, or `deadline`
-    /// passes. `rpc` gets a client for the chosen replica, the map epoch routed with, and the
-    /// time the attempt may take.
+    /// passes. `rpc` gets a client for the chosen replica and the time the attempt may take.
+    ///
+    /// `routed_epoch` is the epoch of the map the caller located the group with (0 when the
+    /// group was not found by locating keys, as for the meta group). When a node says the
+    /// routing is out of date, or a newer map no longer has the group, this returns
+    /// [`RouterError::Remap`] after reading the newer map, so that the caller routes again.
     pub async fn call<T, F, Fut>(
         &self,
         group: GroupId,
+        routed_epoch: u64,
         deadline: Instant,
         mut rpc: F,
     ) -> Result<T, RouterError>
     where
-        F: FnMut(NodeClient<Channel>, u64, Duration) -> Fut,
+        F: FnMut(NodeClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = Backoff::default();
@@ -105,6 +148,18 @@ impl Router {
             let map = self.maps.wait(deadline).await?;
             let replicas = match map.map.replicas(group) {
                 Ok(r) if !r.is_empty() => r.to_vec(),
+                Err(_) if routed_epoch != 0 && map.map.epoch > routed_epoch => {
+                    // The group was routed to with an older map and this one no longer has it
+                    // (its keyspace was dropped, say): route again.
+                    return Err(RouterError::Remap {
+                        group,
+                        code: codes::UNKNOWN_GROUP.to_string(),
+                        message: format!(
+                            "the cluster map (epoch {}) no longer has the group",
+                            map.map.epoch
+                        ),
+                    });
+                }
                 _ => {
                     last_error = format!(
                         "the cluster map (epoch {}) has no replicas for the group",
@@ -151,7 +206,7 @@ impl Router {
             };
             attempts += 1;
             let budget = attempt_budget(deadline.saturating_duration_since(now));
-            let outcome = tokio::time::timeout(budget, rpc(client, map.map.epoch, budget)).await;
+            let outcome = tokio::time::timeout(budget, rpc(client, budget)).await;
             let status = match outcome {
                 Ok(Ok(response)) => {
                     self.leaders.set(group, node);
@@ -175,6 +230,20 @@ impl Router {
                         code: status.code(),
                         message: status.message().to_string(),
                         error_code: last_code,
+                    });
+                }
+                Decision::Remap => {
+                    self.metrics.node_retries.fetch_add(1, Ordering::Relaxed);
+                    // The node knows a newer map than the one the request was routed with.
+                    let _ = tokio::time::timeout_at(
+                        deadline,
+                        self.maps.refresh_from(&self.pool, &self.metrics, &addr),
+                    )
+                    .await;
+                    return Err(RouterError::Remap {
+                        group,
+                        code: last_code.unwrap_or_else(|| codes::STALE_EPOCH.to_string()),
+                        message: last_error,
                     });
                 }
                 Decision::Redirect { leader, addr: hint } => {
@@ -222,42 +291,143 @@ impl Router {
         tokio::time::sleep_until(until).await;
     }
 
-    /// The map, and the group holding `key` in `keyspace`.
-    async fn locate(
+    /// After a [`RouterError::Remap`] from a request routed with map `routed_epoch`: waits for
+    /// a newer map (usually there already), at most one backoff step, so that the caller routes
+    /// again; at the deadline gives up as unavailable, naming the group and the node's code.
+    /// Other errors are returned as they are (see [`Rerouting::explain`]).
+    pub(crate) async fn after_remap(
         &self,
-        keyspace: &str,
-        key: &[u8],
+        err: RouterError,
+        routed_epoch: u64,
+        rerouting: &mut Rerouting,
         deadline: Instant,
-    ) -> Result<(Arc<CompiledMap>, GroupId), RouterError> {
-        let map = self.maps.wait(deadline).await?;
-        let group = map.locate(keyspace, key)?;
-        Ok((map, group))
+    ) -> Result<(), RouterError> {
+        let RouterError::Remap {
+            group,
+            code,
+            message,
+        } = err
+        else {
+            return Err(rerouting.explain(err));
+        };
+        rerouting.count += 1;
+        rerouting.last = Some((group, code, message));
+        let until = (Instant::now() + rerouting.backoff.next_delay()).min(deadline);
+        self.maps.wait_newer(routed_epoch, until).await;
+        if Instant::now() >= deadline {
+            return Err(rerouting.explain(RouterError::NotReady));
+        }
+        Ok(())
     }
 
-    /// Reads `keys` (all in `group`) with one node Read.
+    /// The map to route a request for `keyspace` with. When the map in use lacks the keyspace
+    /// it is read again, once per request (`refreshed`), before the keyspace is called unknown:
+    /// it may have just been created through another router.
+    pub(crate) async fn map_for(
+        &self,
+        keyspace: &str,
+        deadline: Instant,
+        refreshed: &mut bool,
+    ) -> Result<Arc<CompiledMap>, RouterError> {
+        loop {
+            let map = self.maps.wait(deadline).await?;
+            match map.placement(keyspace) {
+                Ok(_) => return Ok(map),
+                Err(MapError::UnknownKeyspace(_)) if !*refreshed => {
+                    *refreshed = true;
+                    let asked = Instant::now();
+                    let _ = tokio::time::timeout_at(
+                        deadline,
+                        self.maps.refresh_after(&self.pool, &self.metrics, asked),
+                    )
+                    .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs `op` once per group over the items of a request (`keys[i]` is item `i`'s key), the
+    /// groups in parallel, and returns the answers in item order. `op` gets the group, the epoch
+    /// of the map it was located with, and the positions of the group's items; it answers one
+    /// result per position. Items whose group says the routing was out of date are located
+    /// again with the newer map and sent again, until the deadline; the other groups' answers
+    /// are kept.
+    pub(crate) async fn per_group<T, F, Fut>(
+        &self,
+        keyspace: &str,
+        keys: &[Bytes],
+        deadline: Instant,
+        op: F,
+    ) -> Result<Vec<T>, RouterError>
+    where
+        F: Fn(GroupId, u64, Vec<usize>) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, RouterError>>,
+    {
+        let mut done: Vec<(Vec<usize>, Vec<T>)> = Vec::new();
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut refreshed = false;
+        let mut rerouting = Rerouting::default();
+        loop {
+            let map = self
+                .map_for(keyspace, deadline, &mut refreshed)
+                .await
+                .map_err(|e| rerouting.explain(e))?;
+            let epoch = map.map.epoch;
+            let placement = map.placement(keyspace)?;
+            let groups = split_by_group(&pending, |&i| {
+                Ok::<_, RouterError>(placement.locate(&keys[i]))
+            })?;
+            let runs = groups.into_iter().map(|(group, within)| {
+                let positions: Vec<usize> = within.iter().map(|&j| pending[j]).collect();
+                let run = op(group, epoch, positions.clone());
+                async move { (positions, run.await) }
+            });
+            let mut again = Vec::new();
+            let mut remap = None;
+            for (positions, result) in join_all(runs).await {
+                match result {
+                    Ok(answers) => done.push((positions, answers)),
+                    Err(e @ RouterError::Remap { .. }) => {
+                        again.extend(positions);
+                        remap = Some(e);
+                    }
+                    Err(e) => return Err(rerouting.explain(e)),
+                }
+            }
+            match remap {
+                None => {
+                    return reassemble(keys.len(), done)
+                        .map_err(|reason| RouterError::BadResponse { group: 0, reason })
+                }
+                Some(e) => {
+                    again.sort_unstable();
+                    pending = again;
+                    self.after_remap(e, epoch, &mut rerouting, deadline).await?;
+                }
+            }
+        }
+    }
+
+    /// Reads `keys` (all in `group`) with one node Read; one answer per key.
     async fn read(
         &self,
         group: GroupId,
+        epoch: u64,
         keys: Vec<Bytes>,
         consistency: i32,
         deadline: Instant,
-    ) -> Result<ReadResponse, RouterError> {
+    ) -> Result<Vec<GetResponse>, RouterError> {
         let count = keys.len();
-        let base = ReadRequest {
+        let request = ReadRequest {
             group_id: group,
-            epoch: 0,
+            epoch,
             consistency,
-            keys,
+            keys: keys.clone(),
         };
         let response: ReadResponse = self
-            .call(group, deadline, |mut client, epoch, budget| {
-                let request = timed(
-                    ReadRequest {
-                        epoch,
-                        ..base.clone()
-                    },
-                    budget,
-                );
+            .call(group, epoch, deadline, |mut client, budget| {
+                let request = timed(request.clone(), budget);
                 async move { client.read(request).await }
             })
             .await?;
@@ -267,33 +437,42 @@ impl Router {
                 reason: format!("{} read results for {count} keys", response.results.len()),
             });
         }
-        Ok(response)
+        let (served_by, applied_index) = (response.served_by, response.applied_index);
+        Ok(response
+            .results
+            .into_iter()
+            .zip(keys)
+            .map(|(r, key)| GetResponse {
+                found: r.found,
+                key,
+                value: r.value,
+                version: r.version,
+                group_id: group,
+                served_by,
+                applied_index,
+            })
+            .collect())
     }
 
     /// Applies `ops` (all in `group`) with one node Write.
     async fn write(
         &self,
         group: GroupId,
+        epoch: u64,
         ops: Vec<WriteOp>,
         consistency: i32,
         deadline: Instant,
     ) -> Result<Vec<WriteResult>, RouterError> {
         let count = ops.len();
-        let base = WriteRequest {
+        let request = WriteRequest {
             group_id: group,
-            epoch: 0,
+            epoch,
             consistency,
             ops,
         };
         let response: WriteResponse = self
-            .call(group, deadline, |mut client, epoch, budget| {
-                let request = timed(
-                    WriteRequest {
-                        epoch,
-                        ..base.clone()
-                    },
-                    budget,
-                );
+            .call(group, epoch, deadline, |mut client, budget| {
+                let request = timed(request.clone(), budget);
                 async move { client.write(request).await }
             })
             .await?;
@@ -318,21 +497,47 @@ impl Router {
         self.limits
             .check_key(&req.key)
             .map_err(RouterError::InvalidKey)?;
-        let (_, group) = self.locate(&req.keyspace, &req.key, deadline).await?;
-        let response = self
-            .read(group, vec![req.key.clone()], req.consistency, deadline)
+        let keys = [req.key];
+        let answers = self
+            .per_group(&req.keyspace, &keys, deadline, |group, epoch, _| {
+                self.read(group, epoch, keys.to_vec(), req.consistency, deadline)
+            })
             .await?;
-        let (served_by, applied_index) = (response.served_by, response.applied_index);
-        let result = response.results.into_iter().next().unwrap_or_default();
-        Ok(GetResponse {
-            found: result.found,
-            key: req.key,
-            value: result.value,
-            version: result.version,
-            group_id: group,
-            served_by,
-            applied_index,
-        })
+        single(answers)
+    }
+
+    /// Applies one write operation on `key`, routed again if the map moved; fails with
+    /// [`RouterError::ConditionFailed`] when its expected version did not match.
+    async fn write_one(
+        &self,
+        keyspace: &str,
+        key: Bytes,
+        op: WriteOp,
+        consistency: i32,
+        expected: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(GroupId, WriteResult), RouterError> {
+        let answers = self
+            .per_group(keyspace, &[key], deadline, |group, epoch, _| {
+                let op = op.clone();
+                async move {
+                    let results = self.write(group, epoch, vec![op], consistency, deadline);
+                    Ok(results
+                        .await?
+                        .into_iter()
+                        .map(|r| (group, r))
+                        .collect::<Vec<_>>())
+                }
+            })
+            .await?;
+        let (group, result) = single(answers)?;
+        if result.condition_failed {
+            return Err(RouterError::ConditionFailed {
+                expected: expected.unwrap_or_default(),
+                current: result.previous_version,
+            });
+        }
+        Ok((group, result))
     }
 
     /// Writes one key, optionally on condition of its current version.
@@ -347,16 +552,22 @@ impl Router {
         self.limits
             .check_value(&req.value)
             .map_err(RouterError::InvalidValue)?;
-        let (_, group) = self.locate(&req.keyspace, &req.key, deadline).await?;
         let op = WriteOp {
             op: Some(write_op::Op::Put(PutOp {
-                key: req.key,
+                key: req.key.clone(),
                 value: req.value,
                 expected_version: req.expected_version,
             })),
         };
-        let result = self
-            .write_one(group, op, req.consistency, req.expected_version, deadline)
+        let (group, result) = self
+            .write_one(
+                &req.keyspace,
+                req.key,
+                op,
+                req.consistency,
+                req.expected_version,
+                deadline,
+            )
             .await?;
         Ok(PutResponse {
             version: result.version,
@@ -373,15 +584,21 @@ impl Router {
         self.limits
             .check_key(&req.key)
             .map_err(RouterError::InvalidKey)?;
-        let (_, group) = self.locate(&req.keyspace, &req.key, deadline).await?;
         let op = WriteOp {
             op: Some(write_op::Op::Delete(DeleteOp {
-                key: req.key,
+                key: req.key.clone(),
                 expected_version: req.expected_version,
             })),
         };
-        let result = self
-            .write_one(group, op, req.consistency, req.expected_version, deadline)
+        let (group, result) = self
+            .write_one(
+                &req.keyspace,
+                req.key,
+                op,
+                req.consistency,
+                req.expected_version,
+                deadline,
+            )
             .await?;
         Ok(DeleteResponse {
             existed: result.existed,
@@ -390,30 +607,40 @@ impl Router {
         })
     }
 
-    async fn write_one(
+    /// One group's part of a scan, with `limit`.
+    async fn scan_group(
         &self,
         group: GroupId,
-        op: WriteOp,
-        consistency: i32,
-        expected: Option<u64>,
+        epoch: u64,
+        req: &ScanRequest,
+        limit: u32,
         deadline: Instant,
-    ) -> Result<WriteResult, RouterError> {
-        let result = self
-            .write(group, vec![op], consistency, deadline)
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        if result.condition_failed {
-            return Err(RouterError::ConditionFailed {
-                expected: expected.unwrap_or_default(),
-                current: result.previous_version,
-            });
-        }
-        Ok(result)
+    ) -> Result<GroupScan, RouterError> {
+        let request = NodeScanRequest {
+            group_id: group,
+            epoch,
+            consistency: req.consistency,
+            start: req.start.clone(),
+            end: req.end.clone(),
+            limit,
+            keys_only: req.keys_only,
+        };
+        let response = self
+            .call(group, epoch, deadline, |mut client, budget| {
+                let request = timed(request.clone(), budget);
+                async move { client.scan(request).await }
+            })
+            .await?;
+        Ok(GroupScan {
+            kvs: response.kvs,
+            more: response.more,
+        })
     }
 
-    /// Scans `[start, end)` across every group that may hold keys of it, in key order.
+    /// Scans `[start, end)` across every group that may hold keys of it, in key order. A range
+    /// keyspace's groups are visited one after another in key order, stopping once the limit
+    /// is reached; other keyspaces' groups are scanned in parallel and merged. Should a group
+    /// say the routing was out of date, the scan starts again with the newer map.
     pub async fn scan(
         &self,
         req: ScanRequest,
@@ -423,42 +650,35 @@ impl Router {
             .check_range(&req.start, &req.end)
             .map_err(RouterError::InvalidRange)?;
         let limit = scan_limit(req.limit);
-        let map = self.maps.wait(deadline).await?;
-        let groups = map
-            .placement(&req.keyspace)?
-            .groups_for_scan(&req.start, &req.end);
-        let scans = groups.into_iter().map(|group| {
-            let base = NodeScanRequest {
-                group_id: group,
-                epoch: 0,
-                consistency: req.consistency,
-                start: req.start.clone(),
-                end: req.end.clone(),
-                limit,
-                keys_only: req.keys_only,
-            };
-            async move {
-                let response = self
-                    .call(group, deadline, |mut client, epoch, budget| {
-                        let request = timed(
-                            NodeScanRequest {
-                                epoch,
-                                ..base.clone()
-                            },
-                            budget,
-                        );
-                        async move { client.scan(request).await }
-                    })
-                    .await?;
-                Ok::<_, RouterError>(GroupScan {
-                    kvs: response.kvs,
-                    more: response.more,
+        let req = &req;
+        let mut refreshed = false;
+        let mut rerouting = Rerouting::default();
+        loop {
+            let map = self
+                .map_for(&req.keyspace, deadline, &mut refreshed)
+                .await
+                .map_err(|e| rerouting.explain(e))?;
+            let epoch = map.map.epoch;
+            let placement = map.placement(&req.keyspace)?;
+            let groups = placement.groups_for_scan(&req.start, &req.end);
+            let result = if placement.ordered_scan() {
+                ordered_scan(&groups, limit as usize, |group, left| {
+                    self.scan_group(group, epoch, req, left, deadline)
                 })
+                .await
+            } else {
+                let scans = groups
+                    .iter()
+                    .map(|&group| self.scan_group(group, epoch, req, limit, deadline));
+                try_join_all(scans)
+                    .await
+                    .map(|parts| merge_scans(parts, limit as usize))
+            };
+            match result {
+                Ok((kvs, more)) => return Ok(ScanResponse { kvs, more }),
+                Err(e) => self.after_remap(e, epoch, &mut rerouting, deadline).await?,
             }
-        });
-        let parts = try_join_all(scans).await?;
-        let (kvs, more) = merge_scans(parts, limit as usize);
-        Ok(ScanResponse { kvs, more })
+        }
     }
 
     /// Reads many keys: one node Read per group, in parallel; answers in request order.
@@ -472,36 +692,17 @@ impl Router {
                 .check_key(key)
                 .map_err(RouterError::InvalidKey)?;
         }
-        let map = self.maps.wait(deadline).await?;
-        let placement = map.placement(&req.keyspace)?;
-        let groups = split_by_group(&req.keys, |key| Ok::<_, RouterError>(placement.locate(key)))?;
-        let reads = groups.into_iter().map(|(group, positions)| {
-            let keys: Vec<Bytes> = positions.iter().map(|&i| req.keys[i].clone()).collect();
-            async move {
-                let response = self
-                    .read(group, keys.clone(), req.consistency, deadline)
-                    .await?;
-                let (served_by, applied_index) = (response.served_by, response.applied_index);
-                let answers = response
-                    .results
-                    .into_iter()
-                    .zip(keys)
-                    .map(|(r, key)| GetResponse {
-                        found: r.found,
-                        key,
-                        value: r.value,
-                        version: r.version,
-                        group_id: group,
-                        served_by,
-                        applied_index,
-                    })
-                    .collect::<Vec<_>>();
-                Ok::<_, RouterError>((positions, answers))
-            }
-        });
-        let parts = try_join_all(reads).await?;
-        let results = reassemble(req.keys.len(), parts)
-            .map_err(|reason| RouterError::BadResponse { group: 0, reason })?;
+        let results = self
+            .per_group(
+                &req.keyspace,
+                &req.keys,
+                deadline,
+                |group, epoch, positions| {
+                    let keys = positions.iter().map(|&i| req.keys[i].clone()).collect();
+                    self.read(group, epoch, keys, req.consistency, deadline)
+                },
+            )
+            .await?;
         Ok(BatchGetResponse { results })
     }
 
@@ -519,37 +720,40 @@ impl Router {
                 .check_value(&kv.value)
                 .map_err(RouterError::InvalidValue)?;
         }
-        let map = self.maps.wait(deadline).await?;
-        let placement = map.placement(&req.keyspace)?;
-        let groups = split_by_group(&req.kvs, |kv| {
-            Ok::<_, RouterError>(placement.locate(&kv.key))
-        })?;
-        let writes = groups.into_iter().map(|(group, positions)| {
-            let ops = positions
-                .iter()
-                .map(|&i| WriteOp {
-                    op: Some(write_op::Op::Put(PutOp {
-                        key: req.kvs[i].key.clone(),
-                        value: req.kvs[i].value.clone(),
-                        expected_version: None,
-                    })),
-                })
-                .collect();
-            async move {
-                let results = self.write(group, ops, req.consistency, deadline).await?;
-                let versions = results.into_iter().map(|r| r.version).collect::<Vec<_>>();
-                Ok::<_, RouterError>((positions, versions))
-            }
-        });
-        let parts = try_join_all(writes).await?;
-        let versions = reassemble(req.kvs.len(), parts)
-            .map_err(|reason| RouterError::BadResponse { group: 0, reason })?;
+        let keys: Vec<Bytes> = req.kvs.iter().map(|kv| kv.key.clone()).collect();
+        let versions = self
+            .per_group(&req.keyspace, &keys, deadline, |group, epoch, positions| {
+                let ops = positions
+                    .iter()
+                    .map(|&i| WriteOp {
+                        op: Some(write_op::Op::Put(PutOp {
+                            key: req.kvs[i].key.clone(),
+                            value: req.kvs[i].value.clone(),
+                            expected_version: None,
+                        })),
+                    })
+                    .collect();
+                let write = self.write(group, epoch, ops, req.consistency, deadline);
+                async move { Ok(write.await?.into_iter().map(|r| r.version).collect()) }
+            })
+            .await?;
         Ok(BatchPutResponse { versions })
     }
 }
 
+/// The one answer of a single-key request.
+fn single<T>(answers: Vec<T>) -> Result<T, RouterError> {
+    answers
+        .into_iter()
+        .next()
+        .ok_or_else(|| RouterError::BadResponse {
+            group: 0,
+            reason: "no answer for the key".to_string(),
+        })
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use kv_proto::kv::KeyValue;
@@ -559,15 +763,33 @@ mod tests {
     use super::*;
     use crate::fake_node::FakeCluster;
 
-    async fn router_for(cluster: &FakeCluster) -> Router {
+    /// A router with the cluster's current map and a background refresher (slow polling, so
+    /// that only explicit refreshes bring new maps), but no watcher.
+    pub(crate) async fn router_for(cluster: &FakeCluster) -> Router {
         let maps = Arc::new(MapCache::new(cluster.addrs.clone()));
-        maps.install(CompiledMap::new(cluster.map.clone()).unwrap());
-        Router::new(
-            maps,
-            Arc::new(NodePool::default()),
-            Arc::new(Metrics::default()),
-            Limits::default(),
-        )
+        maps.install(CompiledMap::new(cluster.current_map()).unwrap());
+        let pool = Arc::new(NodePool::default());
+        let metrics = Arc::new(Metrics::default());
+        tokio::spawn(maps.clone().run_refresher(
+            pool.clone(),
+            metrics.clone(),
+            Duration::from_secs(600),
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        Router::new(maps, pool, metrics, Limits::default())
+    }
+
+    fn hash_spec(name: &str, shards: u32) -> shardmap::KeyspaceSpec {
+        shardmap::KeyspaceSpec {
+            name: name.into(),
+            strategy: shardmap::StrategyKind::Hash,
+            shards,
+            split_points: vec![],
+            vnodes: 0,
+            fallback: None,
+            separator: vec![],
+            replication: 0,
+        }
     }
 
     fn soon() -> Instant {
@@ -791,5 +1013,247 @@ mod tests {
         assert_eq!(page.kvs.len(), 10);
         assert!(page.kvs.iter().all(|kv| kv.value.is_empty()));
         assert!(!page.more);
+    }
+
+    fn put_in(keyspace: &str, key: &str, value: &str) -> PutRequest {
+        PutRequest {
+            keyspace: keyspace.into(),
+            ..put(key, value, None)
+        }
+    }
+
+    #[tokio::test]
+    async fn data_requests_carry_the_map_epoch_and_reroute_after_stale_epoch() {
+        let cluster = FakeCluster::start(3, 2).await;
+        cluster.set_leader(2);
+        cluster.change_map(&shardmap::MapChange::CreateKeyspace(
+            shardmap::KeyspaceSpec {
+                strategy: shardmap::StrategyKind::Directory,
+                fallback: Some(shardmap::StrategyKind::Hash),
+                ..hash_spec("t", 3)
+            },
+        ));
+        let router = router_for(&cluster).await;
+        let old = router.maps.epoch();
+        let groups = cluster.current_map().keyspaces["t"].groups.clone();
+        let fallback = router
+            .maps
+            .current()
+            .unwrap()
+            .locate("t", b"tenant-a/1")
+            .unwrap();
+        let target = *groups.iter().find(|g| **g != fallback).unwrap();
+        // The directory moves (through another router): this router's map is now stale.
+        cluster.change_map(&shardmap::MapChange::SetDirectory {
+            keyspace: "t".into(),
+            directory: b"tenant-a".to_vec(),
+            group: target,
+        });
+        let put = router
+            .put(put_in("t", "tenant-a/1", "v"), soon())
+            .await
+            .unwrap();
+        assert_eq!(put.group_id, target);
+        assert!(router.maps.epoch() > old);
+        assert_eq!(
+            cluster.keys_of(target),
+            vec![Bytes::from_static(b"tenant-a/1")]
+        );
+        assert!(cluster.keys_of(fallback).is_empty());
+        let mut get = get("tenant-a/1");
+        get.keyspace = "t".into();
+        assert!(router.get(get, soon()).await.unwrap().found);
+    }
+
+    #[tokio::test]
+    async fn batches_reroute_only_the_keys_that_moved() {
+        let cluster = FakeCluster::start(3, 2).await;
+        cluster.set_leader(1);
+        cluster.change_map(&shardmap::MapChange::CreateKeyspace(
+            shardmap::KeyspaceSpec {
+                strategy: shardmap::StrategyKind::Directory,
+                fallback: Some(shardmap::StrategyKind::Hash),
+                ..hash_spec("t", 2)
+            },
+        ));
+        let router = router_for(&cluster).await;
+        let groups = cluster.current_map().keyspaces["t"].groups.clone();
+        let fallback = router
+            .maps
+            .current()
+            .unwrap()
+            .locate("t", b"moved/1")
+            .unwrap();
+        let target = *groups.iter().find(|g| **g != fallback).unwrap();
+        cluster.change_map(&shardmap::MapChange::SetDirectory {
+            keyspace: "t".into(),
+            directory: b"moved".to_vec(),
+            group: target,
+        });
+        let keys = ["moved/1", "other/1", "other/2", "moved/2"];
+        let req = BatchPutRequest {
+            keyspace: "t".into(),
+            kvs: keys
+                .iter()
+                .map(|k| KeyValue {
+                    key: Bytes::copy_from_slice(k.as_bytes()),
+                    value: Bytes::from_static(b"x"),
+                    version: 0,
+                })
+                .collect(),
+            consistency: 0,
+        };
+        let versions = router.batch_put(req, soon()).await.unwrap().versions;
+        assert_eq!(versions.len(), 4);
+        assert!(versions.iter().all(|v| *v > 0));
+        let map = CompiledMap::new(cluster.current_map()).unwrap();
+        for k in keys {
+            let g = map.locate("t", k.as_bytes()).unwrap();
+            assert!(
+                cluster
+                    .keys_of(g)
+                    .contains(&Bytes::copy_from_slice(k.as_bytes())),
+                "{k}"
+            );
+        }
+        let req = BatchGetRequest {
+            keyspace: "t".into(),
+            keys: keys
+                .iter()
+                .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+                .collect(),
+            consistency: 0,
+        };
+        let results = router.batch_get(req, soon()).await.unwrap().results;
+        assert!(results.iter().all(|r| r.found));
+        assert_eq!(results[0].group_id, target);
+        assert_eq!(results[3].group_id, target);
+    }
+
+    #[tokio::test]
+    async fn a_recreated_keyspace_is_routed_to_its_new_groups() {
+        let cluster = FakeCluster::start(3, 2).await;
+        cluster.set_leader(3);
+        cluster.change_map(&shardmap::MapChange::CreateKeyspace(hash_spec("x", 2)));
+        let router = router_for(&cluster).await;
+        cluster.change_map(&shardmap::MapChange::DropKeyspace { name: "x".into() });
+        cluster.change_map(&shardmap::MapChange::CreateKeyspace(hash_spec("x", 2)));
+        let new_groups = cluster.current_map().keyspaces["x"].groups.clone();
+        let put = router.put(put_in("x", "k", "v"), soon()).await.unwrap();
+        assert!(new_groups.contains(&put.group_id), "{put:?} {new_groups:?}");
+    }
+
+    #[tokio::test]
+    async fn unknown_keyspaces_are_read_again_once_before_being_refused() {
+        let cluster = FakeCluster::start(3, 2).await;
+        cluster.set_leader(1);
+        let router = router_for(&cluster).await;
+        // Created through another router a moment ago.
+        cluster.change_map(&shardmap::MapChange::CreateKeyspace(hash_spec("fresh", 2)));
+        router.put(put_in("fresh", "k", "v"), soon()).await.unwrap();
+
+        let err = router
+            .put(put_in("never", "k", "v"), soon())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RouterError::UnknownKeyspace(n) if n == "never"),
+            "{err:?}"
+        );
+        let status = crate::error::to_status(err);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("never"), "{}", status.message());
+    }
+
+    #[tokio::test]
+    async fn a_node_that_keeps_saying_wrong_group_ends_in_unavailable() {
+        let cluster = FakeCluster::start(3, 2).await;
+        cluster.set_leader(1);
+        // This router's map (same epoch as the nodes') puts keys in the wrong hash groups.
+        let mut forged = cluster.current_map();
+        let ks = forged.keyspaces.get_mut("default").unwrap();
+        ks.strategy = shardmap::Strategy::Hash { vnodes: 3 };
+        let maps = Arc::new(MapCache::new(cluster.addrs.clone()));
+        maps.install(CompiledMap::new(forged).unwrap());
+        let router = Router::new(
+            maps,
+            Arc::new(NodePool::default()),
+            Arc::new(Metrics::default()),
+            Limits::default(),
+        );
+        let real = CompiledMap::new(cluster.current_map()).unwrap();
+        let forged = router.maps.current().unwrap();
+        let key = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| real.locate("", k.as_bytes()) != forged.locate("", k.as_bytes()))
+            .unwrap();
+        let err = router
+            .put(
+                put(&key, "v", None),
+                Instant::now() + Duration::from_millis(400),
+            )
+            .await
+            .unwrap_err();
+        let status = crate::error::to_status(err);
+        assert_eq!(status.code(), Code::Unavailable);
+        let code = status.metadata().get(kv_proto::meta::ERROR_CODE).unwrap();
+        assert_eq!(code.to_str().unwrap(), kv_proto::codes::WRONG_GROUP);
+    }
+
+    #[tokio::test]
+    async fn range_scans_visit_groups_in_order_and_stop_at_the_limit() {
+        let cluster = FakeCluster::start(3, 2).await;
+        cluster.set_leader(2);
+        cluster.change_map(&shardmap::MapChange::CreateKeyspace(
+            shardmap::KeyspaceSpec {
+                strategy: shardmap::StrategyKind::Range,
+                split_points: vec![b"g".to_vec(), b"p".to_vec()],
+                ..hash_spec("r", 0)
+            },
+        ));
+        let router = router_for(&cluster).await;
+        let groups = cluster.current_map().keyspaces["r"].groups.clone();
+        for k in ["z", "a", "q", "h", "b", "i"] {
+            router.put(put_in("r", k, k), soon()).await.unwrap();
+        }
+        let scan = |limit: u32, start: &'static [u8]| ScanRequest {
+            keyspace: "r".into(),
+            start: Bytes::from_static(start),
+            limit,
+            ..Default::default()
+        };
+        let keys = |page: &ScanResponse| -> Vec<String> {
+            page.kvs
+                .iter()
+                .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+                .collect()
+        };
+
+        cluster.shared.scans.lock().unwrap().clear();
+        let page = router.scan(scan(2, b""), soon()).await.unwrap();
+        assert_eq!(keys(&page), vec!["a", "b"]);
+        assert!(page.more);
+        assert_eq!(*cluster.shared.scans.lock().unwrap(), vec![groups[0]]);
+
+        cluster.shared.scans.lock().unwrap().clear();
+        let page = router.scan(scan(3, b""), soon()).await.unwrap();
+        assert_eq!(keys(&page), vec!["a", "b", "h"]);
+        assert!(page.more);
+        assert_eq!(
+            *cluster.shared.scans.lock().unwrap(),
+            vec![groups[0], groups[1]]
+        );
+
+        cluster.shared.scans.lock().unwrap().clear();
+        let page = router.scan(scan(0, b""), soon()).await.unwrap();
+        assert_eq!(keys(&page), vec!["a", "b", "h", "i", "q", "z"]);
+        assert!(!page.more);
+        assert_eq!(*cluster.shared.scans.lock().unwrap(), groups);
+
+        // A scan starting in the second range does not touch the first group.
+        cluster.shared.scans.lock().unwrap().clear();
+        let page = router.scan(scan(10, b"h"), soon()).await.unwrap();
+        assert_eq!(keys(&page), vec!["h", "i", "q", "z"]);
+        assert_eq!(*cluster.shared.scans.lock().unwrap(), groups[1..].to_vec());
     }
 }

@@ -35,8 +35,6 @@ impl KvService {
         }
     }
 
-    /// Runs one request: deadline from the configured timeout and the client's `grpc-timeout`,
-    /// the routing call, the counters, the error mapping.
     async fn handle<Req, Resp, F, Fut>(
         &self,
         method: Method,
@@ -47,15 +45,40 @@ impl KvService {
         F: FnOnce(Arc<Router>, Req, Instant) -> Fut,
         Fut: Future<Output = Result<Resp, RouterError>>,
     {
-        let deadline = Instant::now() + request_budget(request.metadata(), self.request_timeout);
-        let result = op(self.router.clone(), request.into_inner(), deadline).await;
-        self.metrics.record(method, result.is_err());
-        match result {
-            Ok(response) => Ok(Response::new(response)),
-            Err(err) => {
-                tracing::debug!(method = method.name(), error = %err, "request failed");
-                Err(to_status(err))
-            }
+        handle(
+            &self.router,
+            &self.metrics,
+            self.request_timeout,
+            method,
+            request,
+            op,
+        )
+        .await
+    }
+}
+
+/// Runs one request: deadline from the configured timeout and the client's `grpc-timeout`,
+/// the routing call, the counters, the error mapping. Shared by the `Kv` and `Admin` services.
+pub(crate) async fn handle<Req, Resp, F, Fut>(
+    router: &Arc<Router>,
+    metrics: &Metrics,
+    request_timeout: Duration,
+    method: Method,
+    request: Request<Req>,
+    op: F,
+) -> Result<Response<Resp>, Status>
+where
+    F: FnOnce(Arc<Router>, Req, Instant) -> Fut,
+    Fut: Future<Output = Result<Resp, RouterError>>,
+{
+    let deadline = Instant::now() + request_budget(request.metadata(), request_timeout);
+    let result = op(router.clone(), request.into_inner(), deadline).await;
+    metrics.record(method, result.is_err());
+    match result {
+        Ok(response) => Ok(Response::new(response)),
+        Err(err) => {
+            tracing::debug!(method = method.name(), error = %err, "request failed");
+            Err(to_status(err))
         }
     }
 }
