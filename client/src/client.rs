@@ -146,6 +146,7 @@ impl Client {
             keyspace: options.keyspace.clone(),
             key: key.into(),
             consistency: options.consistency.to_proto(),
+            ..Default::default()
         };
         let resp = self
             .call(req, |mut c, r| async move { c.get(r).await })
@@ -276,6 +277,7 @@ impl Client {
             limit,
             consistency: options.consistency.to_proto(),
             keys_only: options.keys_only,
+            ..Default::default()
         };
         let resp = self
             .call(req, |mut c, r| async move { c.scan(r).await })
@@ -297,6 +299,7 @@ impl Client {
             keyspace: options.keyspace.clone(),
             keys: keys.into_iter().map(Into::into).collect(),
             consistency: options.consistency.to_proto(),
+            ..Default::default()
         };
         let wanted = req.keys.len();
         let resp = self

@@ -107,6 +107,7 @@ impl Fake {
                 group_id: 1,
                 served_by: 1,
                 applied_index: self.0.index.load(Ordering::SeqCst),
+                ..Default::default()
             },
             None => kv::GetResponse::default(),
         }
@@ -134,6 +135,7 @@ impl Kv for Fake {
         Ok(Response::new(kv::PutResponse {
             version,
             group_id: 1,
+            ..Default::default()
         }))
     }
 
@@ -153,6 +155,7 @@ impl Kv for Fake {
             existed,
             version,
             group_id: 1,
+            ..Default::default()
         }))
     }
 
@@ -189,7 +192,11 @@ impl Kv for Fake {
                 version: *version,
             });
         }
-        Ok(Response::new(kv::ScanResponse { kvs, more }))
+        Ok(Response::new(kv::ScanResponse {
+            kvs,
+            more,
+            ..Default::default()
+        }))
     }
 
     async fn batch_get(
@@ -198,7 +205,10 @@ impl Kv for Fake {
     ) -> Result<Response<kv::BatchGetResponse>, Status> {
         self.enter().await?;
         let results = r.into_inner().keys.iter().map(|k| self.read(k)).collect();
-        Ok(Response::new(kv::BatchGetResponse { results }))
+        Ok(Response::new(kv::BatchGetResponse {
+            results,
+            ..Default::default()
+        }))
     }
 
     async fn batch_put(
@@ -217,7 +227,10 @@ impl Kv for Fake {
                 version
             })
             .collect();
-        Ok(Response::new(kv::BatchPutResponse { versions }))
+        Ok(Response::new(kv::BatchPutResponse {
+            versions,
+            ..Default::default()
+        }))
     }
 }
 

@@ -59,4 +59,8 @@ pub mod codes {
     pub const KEYSPACE_EXISTS: &str = "KEYSPACE_EXISTS";
     pub const KEYSPACE_NOT_EMPTY: &str = "KEYSPACE_NOT_EMPTY";
     pub const DIRECTORY_NOT_EMPTY: &str = "DIRECTORY_NOT_EMPTY";
+    /// The replica has not applied up to the session token: try another replica.
+    pub const LAGGING: &str = "LAGGING";
+    /// The replica has not heard from its leader within the read's max staleness.
+    pub const STALE_REPLICA: &str = "STALE_REPLICA";
 }

@@ -292,6 +292,7 @@ impl Router {
                 end: end.clone(),
                 limit: 1,
                 keys_only: true,
+                ..Default::default()
             };
             async move {
                 let response = self
@@ -1003,6 +1004,7 @@ mod tests {
                         keyspace: "logs".into(),
                         key: Bytes::from_static(b"line-1"),
                         consistency: 0,
+                        ..Default::default()
                     },
                     soon(),
                 )

@@ -424,6 +424,7 @@ impl Router {
             epoch,
             consistency,
             keys: keys.clone(),
+            ..Default::default()
         };
         let response: ReadResponse = self
             .call(group, epoch, deadline, |mut client, budget| {
@@ -450,6 +451,7 @@ impl Router {
                 group_id: group,
                 served_by,
                 applied_index,
+                ..Default::default()
             })
             .collect())
     }
@@ -572,6 +574,7 @@ impl Router {
         Ok(PutResponse {
             version: result.version,
             group_id: group,
+            ..Default::default()
         })
     }
 
@@ -604,6 +607,7 @@ impl Router {
             existed: result.existed,
             version: result.version,
             group_id: group,
+            ..Default::default()
         })
     }
 
@@ -624,6 +628,7 @@ impl Router {
             end: req.end.clone(),
             limit,
             keys_only: req.keys_only,
+            ..Default::default()
         };
         let response = self
             .call(group, epoch, deadline, |mut client, budget| {
@@ -675,7 +680,13 @@ impl Router {
                     .map(|parts| merge_scans(parts, limit as usize))
             };
             match result {
-                Ok((kvs, more)) => return Ok(ScanResponse { kvs, more }),
+                Ok((kvs, more)) => {
+                    return Ok(ScanResponse {
+                        kvs,
+                        more,
+                        ..Default::default()
+                    })
+                }
                 Err(e) => self.after_remap(e, epoch, &mut rerouting, deadline).await?,
             }
         }
@@ -703,7 +714,10 @@ impl Router {
                 },
             )
             .await?;
-        Ok(BatchGetResponse { results })
+        Ok(BatchGetResponse {
+            results,
+            ..Default::default()
+        })
     }
 
     /// Writes many keys: one atomic node Write per group, in parallel; versions in request order.
@@ -737,7 +751,10 @@ impl Router {
                 async move { Ok(write.await?.into_iter().map(|r| r.version).collect()) }
             })
             .await?;
-        Ok(BatchPutResponse { versions })
+        Ok(BatchPutResponse {
+            versions,
+            ..Default::default()
+        })
     }
 }
 
@@ -811,6 +828,7 @@ pub(crate) mod tests {
             keyspace: String::new(),
             key: Bytes::copy_from_slice(key.as_bytes()),
             consistency: 0,
+            ..Default::default()
         }
     }
 
@@ -979,6 +997,7 @@ pub(crate) mod tests {
                 .chain([Bytes::from_static(b"missing")])
                 .collect(),
             consistency: 0,
+            ..Default::default()
         };
         let results = router.batch_get(req, soon()).await.unwrap().results;
         assert_eq!(results.len(), 41);
@@ -1123,6 +1142,7 @@ pub(crate) mod tests {
                 .map(|k| Bytes::copy_from_slice(k.as_bytes()))
                 .collect(),
             consistency: 0,
+            ..Default::default()
         };
         let results = router.batch_get(req, soon()).await.unwrap().results;
         assert!(results.iter().all(|r| r.found));

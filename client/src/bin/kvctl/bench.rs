@@ -121,7 +121,8 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<Outcome> {
     let mut tasks = Vec::with_capacity(args.concurrency);
     for i in 0..args.concurrency {
         let client = clients[i % clients.len()].clone();
-        let (done, errors, value, write) = (done.clone(), errors.clone(), value.clone(), write.clone());
+        let (done, errors, value, write) =
+            (done.clone(), errors.clone(), value.clone(), write.clone());
         let (workload, keys) = (args.workload, args.keys);
         let read = ReadOptions {
             keyspace: args.keyspace.clone(),
@@ -163,7 +164,11 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if let Some(bar) = &progress {
             bar.set_position(start.elapsed().as_millis().min(args.duration.as_millis()) as u64);
-            bar.set_message(format!("{} ops, {} errors", done.load(Ordering::Relaxed), errors.load(Ordering::Relaxed)));
+            bar.set_message(format!(
+                "{} ops, {} errors",
+                done.load(Ordering::Relaxed),
+                errors.load(Ordering::Relaxed)
+            ));
         }
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -214,7 +219,12 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<Outcome> {
 }
 
 /// Writes every key once, in batches, so that reads find values.
-async fn preload(client: &Client, args: &BenchArgs, value: &Bytes, write: &WriteOptions) -> anyhow::Result<()> {
+async fn preload(
+    client: &Client,
+    args: &BenchArgs,
+    value: &Bytes,
+    write: &WriteOptions,
+) -> anyhow::Result<()> {
     const BATCH: u64 = 500;
     let mut next = 0;
     while next < args.keys {
@@ -235,7 +245,9 @@ fn progress_bar(duration: Duration) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}")
+    {
         bar.set_style(style);
     }
     Some(bar)
