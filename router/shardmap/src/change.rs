@@ -332,8 +332,9 @@ impl ClusterMap {
                 base_strategy(kind, spec)?
             }
         };
-        let first_id = self.groups.keys().next_back().map_or(1, |g| g + 1);
+        let first_id = self.allocate_group_id();
         let ids: Vec<GroupId> = (first_id..first_id + count as u64).collect();
+        self.next_group_id = first_id + count as u64;
         for &id in &ids {
             let replicas = self.place_replicas(replication);
             self.groups.insert(
@@ -616,13 +617,14 @@ mod tests {
                 name: "nope".into()
             })
             .is_err());
-        // Group ids are never reused while a higher one exists.
+        // Group ids are never reused, not even those of the newest dropped keyspace: a node that
+        // missed the drop still holds their logs.
         let again = dropped
             .apply(&MapChange::CreateKeyspace(KeyspaceSpec {
                 shards: 1,
                 ..spec("y", StrategyKind::Hash)
             }))
             .unwrap();
-        assert_eq!(again.keyspaces["y"].groups, vec![5]);
+        assert_eq!(again.keyspaces["y"].groups, vec![7]);
     }
 }

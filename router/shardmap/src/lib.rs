@@ -130,9 +130,20 @@ pub struct ClusterMap {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     pub groups: BTreeMap<GroupId, GroupInfo>,
     pub keyspaces: BTreeMap<String, Keyspace>,
+    /// The id the next new group gets. Ids are never reused: a node that missed a drop may
+    /// still hold the old group's log, and a new group under the same id would adopt it.
+    /// Maps written before this field existed read it as 0, meaning "above every group".
+    #[serde(default)]
+    pub next_group_id: GroupId,
 }
 
 impl ClusterMap {
+    /// The id for the next new group.
+    pub fn allocate_group_id(&self) -> GroupId {
+        let above_existing = self.groups.keys().next_back().map_or(1, |g| g + 1);
+        self.next_group_id.max(above_existing)
+    }
+
     /// The map a new cluster starts with: the meta group on the first three nodes (by id) and
     /// `shards` data groups for the default hash keyspace, `replication` replicas each, placed
     /// round robin so that every node holds about the same number of replicas.
@@ -219,6 +230,7 @@ impl ClusterMap {
             nodes: node_map,
             groups,
             keyspaces,
+            next_group_id: shards as GroupId + 1,
         })
     }
 
