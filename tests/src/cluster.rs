@@ -212,6 +212,11 @@ impl Cluster {
         self.routers.first_mut().expect("the cluster has no router")
     }
 
+    /// Every router, in start order (`router`, `router2`, ...).
+    pub fn routers(&self) -> &[RouterProcess] {
+        &self.routers
+    }
+
     pub fn routers_mut(&mut self) -> &mut [RouterProcess] {
         &mut self.routers
     }

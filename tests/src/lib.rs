@@ -14,11 +14,14 @@
 //! - [`cluster`]: a whole cluster, plus the questions tests ask of it (leaders, group status).
 //! - [`wait`]: polling helpers; tests never sleep a fixed time.
 //! - [`data`]: keys, values and bulk load/verify helpers.
+//! - [`admin`]: keyspaces through the router's `Admin` service, the nodes' cluster map, and
+//!   per-group scans straight from a group's leader.
 //!
 //! Environment: `KV_BIN_DIR` (binaries), `KV_TEST_DIR` (where temp dirs go),
 //! `KV_KEEP_TEST_DIRS=1` (keep dirs of passing tests too), `RUST_LOG` (passed to children,
 //! default `info`). A failing test keeps its dir and prints the tails of every log.
 
+pub mod admin;
 pub mod bins;
 pub mod cluster;
 pub mod data;
