@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::error::from_status;
+use crate::options::staleness_ms;
+use crate::session::{Session, SessionToken};
 use crate::{
     endpoint, retry, ClientOptions, DeleteOutcome, Error, KeyValue, ReadOptions, ScanOptions,
     ScanPage, Versioned, WriteOptions,
@@ -142,15 +144,38 @@ impl Client {
         key: impl Into<Bytes>,
         options: &ReadOptions,
     ) -> Result<Option<Versioned>, Error> {
+        self.get_in(key.into(), options, None).await
+    }
+
+    /// A [`Session`]: the same calls, carrying a session token so that eventual reads see
+    /// at least the writes and reads made through the session before (read-your-writes).
+    pub fn session(&self) -> Session {
+        Session::new(self.clone(), SessionToken::default())
+    }
+
+    /// A [`Session`] that continues from a token saved with [`Session::token`] (possibly by
+    /// another process).
+    pub fn session_from(&self, token: SessionToken) -> Session {
+        Session::new(self.clone(), token)
+    }
+
+    pub(crate) async fn get_in(
+        &self,
+        key: Bytes,
+        options: &ReadOptions,
+        session: Option<&Session>,
+    ) -> Result<Option<Versioned>, Error> {
         let req = kv::GetRequest {
             keyspace: options.keyspace.clone(),
-            key: key.into(),
+            key,
             consistency: options.consistency.to_proto(),
-            ..Default::default()
+            session: session.map(Session::to_proto),
+            max_staleness_ms: staleness_ms(options.max_staleness),
         };
         let resp = self
             .call(req, |mut c, r| async move { c.get(r).await })
             .await?;
+        absorb(session, resp.session.as_ref());
         Ok(Versioned::from_proto(resp))
     }
 
@@ -166,16 +191,27 @@ impl Client {
         value: impl Into<Bytes>,
         options: &WriteOptions,
     ) -> Result<u64, Error> {
+        self.put_in(key.into(), value.into(), options, None).await
+    }
+
+    pub(crate) async fn put_in(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        options: &WriteOptions,
+        session: Option<&Session>,
+    ) -> Result<u64, Error> {
         let req = kv::PutRequest {
             keyspace: options.keyspace.clone(),
-            key: key.into(),
-            value: value.into(),
+            key,
+            value,
             consistency: options.consistency.to_proto(),
             expected_version: options.if_version,
         };
         let resp = self
             .call(req, |mut c, r| async move { c.put(r).await })
             .await?;
+        absorb(session, resp.session.as_ref());
         Ok(resp.version)
     }
 
@@ -191,15 +227,25 @@ impl Client {
         key: impl Into<Bytes>,
         options: &WriteOptions,
     ) -> Result<DeleteOutcome, Error> {
+        self.delete_in(key.into(), options, None).await
+    }
+
+    pub(crate) async fn delete_in(
+        &self,
+        key: Bytes,
+        options: &WriteOptions,
+        session: Option<&Session>,
+    ) -> Result<DeleteOutcome, Error> {
         let req = kv::DeleteRequest {
             keyspace: options.keyspace.clone(),
-            key: key.into(),
+            key,
             consistency: options.consistency.to_proto(),
             expected_version: options.if_version,
         };
         let resp = self
             .call(req, |mut c, r| async move { c.delete(r).await })
             .await?;
+        absorb(session, resp.session.as_ref());
         Ok(DeleteOutcome {
             existed: resp.existed,
             version: resp.version,
@@ -216,7 +262,7 @@ impl Client {
         end: impl Into<Bytes>,
         options: &ScanOptions,
     ) -> Result<ScanPage, Error> {
-        self.scan_page(start.into(), end.into(), options.limit, options)
+        self.scan_page(start.into(), end.into(), options.limit, options, None)
             .await
     }
 
@@ -231,8 +277,17 @@ impl Client {
         end: impl Into<Bytes>,
         options: &ScanOptions,
     ) -> Result<Vec<KeyValue>, Error> {
-        let end = end.into();
-        let mut start = start.into();
+        self.scan_all_in(start.into(), end.into(), options, None)
+            .await
+    }
+
+    pub(crate) async fn scan_all_in(
+        &self,
+        mut start: Bytes,
+        end: Bytes,
+        options: &ScanOptions,
+        session: Option<&Session>,
+    ) -> Result<Vec<KeyValue>, Error> {
         let mut all = Vec::new();
         loop {
             let want = if options.limit == 0 {
@@ -242,7 +297,7 @@ impl Client {
                 options.limit.saturating_sub(got)
             };
             let page = self
-                .scan_page(start.clone(), end.clone(), want, options)
+                .scan_page(start.clone(), end.clone(), want, options, session)
                 .await?;
             let Some(last) = page.kvs.last() else {
                 // An empty page cannot advance, whatever `more` says.
@@ -263,12 +318,13 @@ impl Client {
         Ok(all)
     }
 
-    async fn scan_page(
+    pub(crate) async fn scan_page(
         &self,
         start: Bytes,
         end: Bytes,
         limit: u32,
         options: &ScanOptions,
+        session: Option<&Session>,
     ) -> Result<ScanPage, Error> {
         let req = kv::ScanRequest {
             keyspace: options.keyspace.clone(),
@@ -277,11 +333,13 @@ impl Client {
             limit,
             consistency: options.consistency.to_proto(),
             keys_only: options.keys_only,
-            ..Default::default()
+            session: session.map(Session::to_proto),
+            max_staleness_ms: staleness_ms(options.max_staleness),
         };
         let resp = self
             .call(req, |mut c, r| async move { c.scan(r).await })
             .await?;
+        absorb(session, resp.session.as_ref());
         Ok(ScanPage {
             kvs: resp.kvs.into_iter().map(KeyValue::from).collect(),
             more: resp.more,
@@ -295,16 +353,28 @@ impl Client {
         keys: impl IntoIterator<Item = impl Into<Bytes>>,
         options: &ReadOptions,
     ) -> Result<Vec<Option<Versioned>>, Error> {
+        let keys = keys.into_iter().map(Into::into).collect();
+        self.batch_get_in(keys, options, None).await
+    }
+
+    pub(crate) async fn batch_get_in(
+        &self,
+        keys: Vec<Bytes>,
+        options: &ReadOptions,
+        session: Option<&Session>,
+    ) -> Result<Vec<Option<Versioned>>, Error> {
         let req = kv::BatchGetRequest {
             keyspace: options.keyspace.clone(),
-            keys: keys.into_iter().map(Into::into).collect(),
+            keys,
             consistency: options.consistency.to_proto(),
-            ..Default::default()
+            session: session.map(Session::to_proto),
+            max_staleness_ms: staleness_ms(options.max_staleness),
         };
         let wanted = req.keys.len();
         let resp = self
             .call(req, |mut c, r| async move { c.batch_get(r).await })
             .await?;
+        absorb(session, resp.session.as_ref());
         if resp.results.len() != wanted {
             return Err(Error::Server {
                 status: tonic::Code::Internal,
@@ -331,6 +401,19 @@ impl Client {
         kvs: impl IntoIterator<Item = (impl Into<Bytes>, impl Into<Bytes>)>,
         options: &WriteOptions,
     ) -> Result<Vec<u64>, Error> {
+        let kvs = kvs
+            .into_iter()
+            .map(|(key, value)| (key.into(), value.into()))
+            .collect();
+        self.batch_put_in(kvs, options, None).await
+    }
+
+    pub(crate) async fn batch_put_in(
+        &self,
+        kvs: Vec<(Bytes, Bytes)>,
+        options: &WriteOptions,
+        session: Option<&Session>,
+    ) -> Result<Vec<u64>, Error> {
         if options.if_version.is_some() {
             return Err(Error::invalid("batch_put does not support if_version"));
         }
@@ -339,8 +422,8 @@ impl Client {
             kvs: kvs
                 .into_iter()
                 .map(|(key, value)| kv::KeyValue {
-                    key: key.into(),
-                    value: value.into(),
+                    key,
+                    value,
                     version: 0,
                 })
                 .collect(),
@@ -349,6 +432,7 @@ impl Client {
         let resp = self
             .call(req, |mut c, r| async move { c.batch_put(r).await })
             .await?;
+        absorb(session, resp.session.as_ref());
         Ok(resp.versions)
     }
 
@@ -440,6 +524,13 @@ impl Client {
                 Ordering::Relaxed,
             );
         }
+    }
+}
+
+/// Merges a response's token into the session, if the call was made through one.
+fn absorb(session: Option<&Session>, token: Option<&kv::SessionToken>) {
+    if let (Some(session), Some(token)) = (session, token) {
+        session.absorb(token);
     }
 }
 

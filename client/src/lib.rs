@@ -19,6 +19,7 @@
 //!   [`DeleteOutcome`]), plain structs that keep generated protobuf types out of the API.
 //! - `endpoint`: turning `127.0.0.1:7400` into a lazily connected channel.
 //! - `retry`: the backoff schedule.
+//! - `session`: [`Session`] and [`SessionToken`]: read-your-writes on eventual reads.
 //!
 //! Keys and values are taken as `impl Into<Bytes>` (literals, `Vec<u8>`, `String`, [`Bytes`])
 //! and returned as [`Bytes`].
@@ -50,6 +51,21 @@
 //! // A possibly stale read from any replica.
 //! let eventual = ReadOptions { consistency: Consistency::Eventual, ..Default::default() };
 //! let _maybe_stale = client.get_with("greeting", &eventual).await?;
+//!
+//! // Read-your-writes on eventual reads: a session sends the versions it has seen, and
+//! // only a replica that has applied them serves its reads.
+//! let session = client.session();
+//! session.put("greeting", "hi").await?;
+//! let mine = session.get_with("greeting", &eventual).await?.expect("read your write");
+//! assert_eq!(mine.value, "hi");
+//!
+//! // An eventual read from a replica that heard from its leader within the last 500 ms.
+//! let bounded = ReadOptions {
+//!     consistency: Consistency::Eventual,
+//!     max_staleness: Some(std::time::Duration::from_millis(500)),
+//!     ..Default::default()
+//! };
+//! let _recent = client.get_with("greeting", &bounded).await?;
 //!
 //! // Every key from "a" (inclusive) to "z" (exclusive), across shard groups, in key order.
 //! for kv in client.scan_all("a", "z", &ScanOptions::default()).await? {
@@ -88,6 +104,7 @@ mod endpoint;
 mod error;
 mod options;
 mod retry;
+mod session;
 mod types;
 
 pub use admin::{
@@ -99,4 +116,5 @@ pub use error::Error;
 /// The stable error codes [`Error::code`] returns when the server sent one.
 pub use kv_proto::codes;
 pub use options::{ClientOptions, Consistency, ReadOptions, ScanOptions, WriteOptions};
+pub use session::{Session, SessionToken};
 pub use types::{DeleteOutcome, KeyValue, ScanPage, Versioned};

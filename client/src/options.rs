@@ -67,6 +67,11 @@ pub struct ReadOptions {
     pub keyspace: String,
     /// Strong (default) or eventual.
     pub consistency: Consistency,
+    /// Eventual reads only: refuse replicas that have not heard from their group's leader (a
+    /// leader: from a quorum) within this long; the router then tries another replica, and the
+    /// call fails with `UNAVAILABLE` (code `STALE_REPLICA`) when none qualifies in time.
+    /// `None`: no bound. Ignored by strong reads, which are never stale.
+    pub max_staleness: Option<Duration>,
 }
 
 /// Options of a write ([`Client::put_with`](crate::Client::put_with),
@@ -97,4 +102,13 @@ pub struct ScanOptions {
     pub keyspace: String,
     /// Strong (default) or eventual.
     pub consistency: Consistency,
+    /// Eventual scans only: as [`ReadOptions::max_staleness`], for every group scanned.
+    pub max_staleness: Option<Duration>,
+}
+
+/// The protobuf form of a max staleness: milliseconds, at least 1 when set (0 means no bound).
+pub(crate) fn staleness_ms(bound: Option<Duration>) -> u32 {
+    bound.map_or(0, |d| {
+        u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+    })
 }

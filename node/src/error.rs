@@ -38,6 +38,29 @@ pub enum NodeError {
     WrongGroup { group: GroupId, epoch: u64 },
     #[error("{}", describe_refusal(.0))]
     MapChange(MapChangeRefused),
+    /// An eventual read's session token is ahead of this replica, which did not catch up in
+    /// time: the caller tries another replica.
+    #[error("replica of shard group {group} has applied index {applied}, behind the session's {wanted}: try another replica")]
+    Lagging {
+        group: GroupId,
+        applied: u64,
+        wanted: u64,
+    },
+    /// An eventual read's max staleness is shorter than the time since this replica last
+    /// heard from its leader (a leader: from a quorum).
+    #[error("replica of shard group {group} last heard from its leader (or, leading, from a quorum) {}: more than the read's max staleness of {max_staleness_ms} ms", describe_age(.age))]
+    StaleReplica {
+        group: GroupId,
+        age: Option<std::time::Duration>,
+        max_staleness_ms: u32,
+    },
+}
+
+fn describe_age(age: &Option<std::time::Duration>) -> String {
+    match age {
+        Some(a) => format!("{} ms ago", a.as_millis()),
+        None => "never since it started or took its current role".into(),
+    }
 }
 
 fn describe_refusal(r: &MapChangeRefused) -> String {
@@ -59,6 +82,8 @@ impl From<NodeError> for Status {
             NodeError::UnknownGroup(_) => (Code::NotFound, codes::UNKNOWN_GROUP),
             NodeError::NotLeader { .. } => (Code::Unavailable, codes::NOT_LEADER),
             NodeError::NoQuorum { .. } => (Code::Unavailable, codes::NO_QUORUM),
+            NodeError::Lagging { .. } => (Code::Unavailable, codes::LAGGING),
+            NodeError::StaleReplica { .. } => (Code::Unavailable, codes::STALE_REPLICA),
             NodeError::Invalid(LimitError::EmptyKey | LimitError::KeyTooLarge { .. }) => {
                 (Code::InvalidArgument, codes::INVALID_KEY)
             }
@@ -77,7 +102,9 @@ impl From<NodeError> for Status {
             NodeError::MapChange(r) => match r {
                 MapChangeRefused::StaleEpoch { .. } => (Code::Aborted, codes::STALE_EPOCH),
                 MapChangeRefused::Invalid(_) => (Code::InvalidArgument, codes::INVALID_MAP_CHANGE),
-                MapChangeRefused::UnknownKeyspace(_) => (Code::NotFound, codes::UNKNOWN_KEYSPACE),
+                MapChangeRefused::UnknownKeyspace(_) => {
+                    (Code::InvalidArgument, codes::UNKNOWN_KEYSPACE)
+                }
                 MapChangeRefused::KeyspaceExists(_) => {
                     (Code::AlreadyExists, codes::KEYSPACE_EXISTS)
                 }

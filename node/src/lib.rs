@@ -7,12 +7,14 @@
 //! - [`keys`]: the on-disk layout.
 //! - [`types`]: the Raft type configuration and log commands.
 //! - [`error`]: the node's errors and their mapping to gRPC statuses.
+//! - [`freshness`]: how recently each replica heard from its leader (max staleness).
 //! - [`http`]: health, readiness and metrics.
 
 // openraft's StorageError is large and is the error type its traits demand.
 #![allow(clippy::result_large_err)]
 
 pub mod error;
+pub mod freshness;
 pub mod http;
 pub mod keys;
 pub mod network;

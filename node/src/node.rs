@@ -19,10 +19,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::NodeError;
+use crate::freshness::{within_staleness, Freshness};
 use crate::keys;
 use crate::network::{GroupNetwork, PeerPool};
-use crate::storage::{Flusher, GroupData, LogStore, StateMachine};
-use crate::types::{GroupId, NodeId, Raft, Request, Response};
+use crate::storage::{DurableAcks, Flusher, GroupData, LogStore, StateMachine};
+use crate::types::{GroupId, NodeId, Op, OpResult, Raft, Request, Response};
+
+/// The longest an eventual read waits for its replica to catch up with the session token
+/// before refusing with `LAGGING` (the router then tries another replica).
+pub const MAX_CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 
 /// Everything `kvnode` is started with.
 #[derive(Debug, Clone)]
@@ -77,6 +82,8 @@ pub struct Group {
     pub id: GroupId,
     pub raft: Raft,
     pub data: GroupData,
+    /// When this replica last heard from its leader, or (leading) from a quorum.
+    pub freshness: Arc<Freshness>,
 }
 
 /// The node's current cluster map, compiled, with its JSON form for serving.
@@ -108,6 +115,8 @@ pub struct Node {
     // std RwLock: the map of groups is read on every request and never held across an await.
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     pub flusher: Flusher,
+    /// Eventual writes waiting for their entry to be durable in this (leader's) log.
+    acks: DurableAcks,
     db: sled::Db,
     node_tree: sled::Tree,
     tuning: RaftTuning,
@@ -156,6 +165,7 @@ impl Node {
             map: watch::channel(Arc::new(MapState::new(map)?)).0,
             groups: RwLock::new(HashMap::new()),
             flusher,
+            acks: DurableAcks::new(stored.id),
             db,
             node_tree,
             tuning: config.raft,
@@ -349,7 +359,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::BadRequest(format!("raft config: {e}")))?;
-        let log = LogStore::open(&self.db, group, self.flusher.clone())?;
+        let log = LogStore::open(&self.db, group, self.flusher.clone(), self.acks.clone())?;
         let sm = StateMachine::open(&self.db, group, self.flusher.clone())
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         let data = sm.data();
@@ -364,73 +374,43 @@ impl Node {
             .replicas(group)
             .map_err(|e| NodeError::BadRequest(e.to_string()))?
             .to_vec();
-        // The first replica in the map initializes a new group, and so usually leads it first;
-        // the map rotates first replicas, which spreads leaders over the nodes. A replica whose
+        // Every replica of a new group may initialize it with the same membership, which
+        // openraft documents as safe. The first replica listed does so at once and so usually
+        // leads first (the map rotates first replicas, spreading leaders); the others wait a few
+        // election timeouts, so a group whose first replica is down still forms. A replica whose
         // data dir was wiped must not re-initialize a group that already runs: it asks first.
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
-        if !initialized
-            && replicas.first() == Some(&self.id)
-            && !self.peers_run_group(group, &replicas, map).await
-        {
-            let members: BTreeMap<NodeId, BasicNode> = replicas
-                .iter()
-                .filter_map(|id| map.node_addr(*id).map(|a| (*id, BasicNode::new(a))))
-                .collect();
-            match raft.initialize(members).await {
-                Ok(()) => tracing::info!(group, "initialized shard group"),
-                Err(e) => tracing::warn!(group, error = %e, "initialize"),
-            }
+        if !initialized {
+            let delay = if replicas.first() == Some(&self.id) {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(self.tuning.election_timeout_ms * 4)
+            };
+            tokio::spawn(initialize_group(
+                raft.clone(),
+                self.id,
+                group,
+                replicas,
+                map.clone(),
+                delay,
+            ));
         }
+        let freshness = Arc::new(Freshness::default());
+        tokio::spawn(track_quorum_acks(raft.metrics(), freshness.clone()));
         let handle = Arc::new(Group {
             id: group,
             raft,
             data,
+            freshness,
         });
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(group, handle);
         Ok(())
-    }
-
-    /// Whether any peer already runs `group` with a leader or a term above zero.
-    async fn peers_run_group(&self, group: GroupId, replicas: &[NodeId], map: &ClusterMap) -> bool {
-        for peer in replicas.iter().filter(|p| **p != self.id) {
-            let Some(addr) = map.node_addr(*peer) else {
-                continue;
-            };
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-                continue;
-            };
-            let ep = ep
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(1));
-            let Ok(ch) = ep.connect().await else {
-                continue;
-            };
-            if let Ok(resp) = NodeClient::new(ch)
-                .group_status(GroupStatusRequest {})
-                .await
-            {
-                if resp
-                    .into_inner()
-                    .groups
-                    .iter()
-                    .any(|g| g.group_id == group && (g.term > 0 || g.leader != 0))
-                {
-                    tracing::info!(
-                        group,
-                        peer,
-                        "peer already runs this group: joining, not initializing"
-                    );
-                    return true;
-                }
-            }
-        }
-        false
     }
 
     /// Proposes the bootstrap map to the meta group until one is stored.
@@ -560,6 +540,121 @@ impl Node {
         }
     }
 
+    /// Proposes an eventual write: answers once the entry is durable in this leader's own log,
+    /// without waiting for a quorum or for apply. The versions are the entry's log index;
+    /// `existed` and `previous_version` are not known yet and reported as false and 0. The
+    /// write is lost if this leader fails before replicating it. Not for conditional writes,
+    /// whose outcome is only known at apply.
+    pub async fn write_eventual(
+        &self,
+        group: &Group,
+        ops: Vec<Op>,
+    ) -> Result<Vec<OpResult>, NodeError> {
+        let count = ops.len();
+        let mut pending = self.acks.register(group.id);
+        let req = Request::TrackedWrite {
+            origin: self.id,
+            seq: pending.seq,
+            ops,
+        };
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut applied = tokio::time::timeout_at(deadline, group.raft.client_write_ff(req))
+            .await
+            .map_err(|_| NodeError::NoQuorum {
+                group: group.id,
+                reason: format!("write not accepted within {:?}", self.request_timeout),
+            })?
+            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let mut apply_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                index = &mut pending.durable => {
+                    let version = index.map_err(|_| NodeError::Storage(
+                        "the log store dropped an eventual write's acknowledgement".into(),
+                    ))?;
+                    return Ok(vec![
+                        OpResult {
+                            version,
+                            existed: false,
+                            condition_failed: false,
+                            previous_version: 0,
+                        };
+                        count
+                    ]);
+                }
+                res = &mut applied, if apply_open => match res {
+                    // Committed and applied before the durable acknowledgement was seen.
+                    Ok(Ok(r)) => match r.data {
+                        Response::Write(results) => return Ok(results),
+                        other => {
+                            return Err(NodeError::Storage(format!(
+                                "unexpected apply result {other}"
+                            )))
+                        }
+                    },
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+                        return Err(NodeError::NotLeader {
+                            group: group.id,
+                            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                        })
+                    }
+                    Ok(Err(e)) => return Err(NodeError::BadRequest(e.to_string())),
+                    // Raft dropped the responder (shutting down, say): the entry may still
+                    // become durable.
+                    Err(_) => apply_open = false,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(NodeError::NoQuorum {
+                        group: group.id,
+                        reason: format!("write not durable within {:?}", self.request_timeout),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Checks that this replica may serve an eventual read: it has applied at least
+    /// `min_applied_index` (waiting up to [`MAX_CATCH_UP_WAIT`], or `budget` if shorter, for it
+    /// to catch up), and, when `max_staleness_ms` is set, it heard from its leader (a leader:
+    /// from a quorum) within that many milliseconds.
+    pub async fn eventual_read_allowed(
+        &self,
+        group: &Group,
+        min_applied_index: u64,
+        max_staleness_ms: u32,
+        budget: Option<Duration>,
+    ) -> Result<(), NodeError> {
+        if max_staleness_ms > 0 {
+            let is_leader = group.raft.metrics().borrow().state == openraft::ServerState::Leader;
+            let age = group.freshness.age(is_leader, std::time::Instant::now());
+            if !within_staleness(age, max_staleness_ms) {
+                return Err(NodeError::StaleReplica {
+                    group: group.id,
+                    age,
+                    max_staleness_ms,
+                });
+            }
+        }
+        if min_applied_index > group.data.applied_index() {
+            let wait = budget.map_or(MAX_CATCH_UP_WAIT, |b| b.min(MAX_CATCH_UP_WAIT));
+            let _ = group
+                .raft
+                .wait(Some(wait))
+                .applied_index_at_least(Some(min_applied_index), "session token")
+                .await;
+            let applied = group.data.applied_index();
+            if applied < min_applied_index {
+                return Err(NodeError::Lagging {
+                    group: group.id,
+                    applied,
+                    wanted: min_applied_index,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a map change through the meta group and waits until this node serves the map.
     pub async fn change_map(
         &self,
@@ -630,6 +725,96 @@ impl Node {
             tracing::warn!(error = %e, "final flush");
         }
     }
+}
+
+/// Follows a group's metrics and records, while it leads, when a quorum last acknowledged it.
+/// Ends when the group's Raft stops.
+async fn track_quorum_acks(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    freshness: Arc<Freshness>,
+) {
+    while metrics.changed().await.is_ok() {
+        let (leading, since_ack) = {
+            let m = metrics.borrow_and_update();
+            (
+                m.state == openraft::ServerState::Leader,
+                m.millis_since_quorum_ack,
+            )
+        };
+        if leading {
+            let at = since_ack
+                .and_then(|ms| std::time::Instant::now().checked_sub(Duration::from_millis(ms)));
+            freshness.quorum_acked(at);
+        }
+    }
+}
+
+/// Initializes a group that has no state yet, after `delay`, unless it got state meanwhile (from
+/// a peer that initialized first) or a peer already runs it.
+async fn initialize_group(
+    raft: Raft,
+    me: NodeId,
+    group: GroupId,
+    replicas: Vec<NodeId>,
+    map: ClusterMap,
+    delay: Duration,
+) {
+    tokio::time::sleep(delay).await;
+    if raft.is_initialized().await.unwrap_or(true)
+        || peers_run_group(me, group, &replicas, &map).await
+    {
+        return;
+    }
+    let members: BTreeMap<NodeId, BasicNode> = replicas
+        .iter()
+        .filter_map(|id| map.node_addr(*id).map(|a| (*id, BasicNode::new(a))))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(group, "initialized shard group"),
+        Err(e) => tracing::debug!(group, error = %e, "initialize"),
+    }
+}
+
+/// Whether any peer already runs `group` with a leader or a term above zero.
+async fn peers_run_group(
+    me: NodeId,
+    group: GroupId,
+    replicas: &[NodeId],
+    map: &ClusterMap,
+) -> bool {
+    for peer in replicas.iter().filter(|p| **p != me) {
+        let Some(addr) = map.node_addr(*peer) else {
+            continue;
+        };
+        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+            continue;
+        };
+        let ep = ep
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(1));
+        let Ok(ch) = ep.connect().await else {
+            continue;
+        };
+        if let Ok(resp) = NodeClient::new(ch)
+            .group_status(GroupStatusRequest {})
+            .await
+        {
+            if resp
+                .into_inner()
+                .groups
+                .iter()
+                .any(|g| g.group_id == group && (g.term > 0 || g.leader != 0))
+            {
+                tracing::info!(
+                    group,
+                    peer,
+                    "peer already runs this group: joining, not initializing"
+                );
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<StoredConfig, NodeError> {

@@ -14,7 +14,9 @@ use kv_proto::node::{
     ProposeMapChangeResponse, RaftReply, RaftRequest, ReadRequest, ReadResponse, ReadResult,
     WatchClusterMapRequest, WriteRequest, WriteResponse, WriteResult,
 };
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_stream::wrappers::WatchStream;
@@ -40,12 +42,34 @@ fn strong(consistency: i32) -> bool {
     Consistency::try_from(consistency).unwrap_or(Consistency::Strong) != Consistency::Eventual
 }
 
+/// What an eventual read asks of the serving replica.
+struct ReadBounds {
+    min_applied_index: u64,
+    max_staleness_ms: u32,
+    /// The caller's remaining time (`grpc-timeout`), if it sent one.
+    budget: Option<std::time::Duration>,
+}
+
 impl NodeService {
-    async fn read_barrier(&self, group: &Group, consistency: i32) -> Result<(), NodeError> {
+    /// Strong reads: leadership confirmed by a quorum and applied up to the read index.
+    /// Eventual reads: the session token and max staleness, if any.
+    async fn read_barrier(
+        &self,
+        group: &Group,
+        consistency: i32,
+        bounds: ReadBounds,
+    ) -> Result<(), NodeError> {
         if strong(consistency) {
             self.node.linearizable(group).await
         } else {
-            Ok(())
+            self.node
+                .eventual_read_allowed(
+                    group,
+                    bounds.min_applied_index,
+                    bounds.max_staleness_ms,
+                    bounds.budget,
+                )
+                .await
         }
     }
 
@@ -93,11 +117,19 @@ impl NodeApi for NodeService {
         self.node
             .check_routing(group.id, req.epoch, ops.iter().map(|op| op.key()))
             .await?;
-        let results = match self.node.write(&group, Command::Write { ops }).await? {
-            CommandResponse::Write(r) => r,
-            other => {
-                return Err(NodeError::Storage(format!("unexpected apply result {other}")).into())
+        // A conditional write's outcome is only known at apply: always strong.
+        let conditional = ops.iter().any(Op::is_conditional);
+        let results = if strong(req.consistency) || conditional {
+            match self.node.write(&group, Command::Write { ops }).await? {
+                CommandResponse::Write(r) => r,
+                other => {
+                    return Err(
+                        NodeError::Storage(format!("unexpected apply result {other}")).into(),
+                    )
+                }
             }
+        } else {
+            self.node.write_eventual(&group, ops).await?
         };
         Ok(GrpcResponse::new(WriteResponse {
             results: results
@@ -116,6 +148,7 @@ impl NodeApi for NodeService {
         &self,
         request: Request<ReadRequest>,
     ) -> Result<GrpcResponse<ReadResponse>, Status> {
+        let budget = grpc_timeout(request.metadata());
         let req = request.into_inner();
         let group = self.node.group(req.group_id)?;
         for k in &req.keys {
@@ -124,7 +157,12 @@ impl NodeApi for NodeService {
         self.node
             .check_routing(group.id, req.epoch, req.keys.iter().map(|k| k.as_ref()))
             .await?;
-        self.read_barrier(&group, req.consistency).await?;
+        let bounds = ReadBounds {
+            min_applied_index: req.min_applied_index,
+            max_staleness_ms: req.max_staleness_ms,
+            budget,
+        };
+        self.read_barrier(&group, req.consistency, bounds).await?;
         let applied_index = group.data.applied_index();
         let mut results = Vec::with_capacity(req.keys.len());
         for k in &req.keys {
@@ -148,6 +186,7 @@ impl NodeApi for NodeService {
         &self,
         request: Request<NodeScanRequest>,
     ) -> Result<GrpcResponse<NodeScanResponse>, Status> {
+        let budget = grpc_timeout(request.metadata());
         let req = request.into_inner();
         let group = self.node.group(req.group_id)?;
         self.node
@@ -163,7 +202,12 @@ impl NodeApi for NodeService {
             0 => DEFAULT_SCAN_LIMIT,
             n => n.min(MAX_SCAN_LIMIT),
         };
-        self.read_barrier(&group, req.consistency).await?;
+        let bounds = ReadBounds {
+            min_applied_index: req.min_applied_index,
+            max_staleness_ms: req.max_staleness_ms,
+            budget,
+        };
+        self.read_barrier(&group, req.consistency, bounds).await?;
         let applied_index = group.data.applied_index();
         let iter = if req.end.is_empty() {
             group.data.data.range(req.start.as_ref()..)
@@ -274,6 +318,26 @@ impl NodeApi for NodeService {
     }
 }
 
+/// The caller's deadline from the `grpc-timeout` header (digits and a unit: H, M, S, m, u, n).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "H" => Some(Duration::from_secs(n.saturating_mul(3600))),
+        "M" => Some(Duration::from_secs(n.saturating_mul(60))),
+        "S" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_millis(n)),
+        "u" => Some(Duration::from_micros(n)),
+        "n" => Some(Duration::from_nanos(n)),
+        _ => None,
+    }
+}
+
 /// Serves the Raft transport: routes each message to its group's `Raft`.
 #[derive(Clone)]
 pub struct RaftService {
@@ -302,7 +366,16 @@ impl RaftApi for RaftService {
         let req = request.into_inner();
         let group = self.node.group(req.group_id)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.payload)?;
-        reply(&group.raft.append_entries(rpc).await)
+        let result = group.raft.append_entries(rpc).await;
+        // Accepted from the current leader (a higher vote or a log conflict is not "heard"):
+        // the clock that max-staleness reads on this follower go by.
+        if matches!(
+            result,
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+        ) {
+            group.freshness.heard_from_leader();
+        }
+        reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<GrpcResponse<RaftReply>, Status> {

@@ -51,6 +51,18 @@ impl Op {
             Op::Put { key, .. } | Op::Delete { key, .. } => key,
         }
     }
+
+    /// Whether the op carries an expected version.
+    pub fn is_conditional(&self) -> bool {
+        match self {
+            Op::Put {
+                expected_version, ..
+            }
+            | Op::Delete {
+                expected_version, ..
+            } => expected_version.is_some(),
+        }
+    }
 }
 
 /// A command in a group's Raft log.
@@ -71,12 +83,23 @@ pub enum Request {
         change_json: Vec<u8>,
         expected_epoch: u64,
     },
+    /// Data operations proposed by an eventual write: applied exactly as [`Request::Write`].
+    /// `(origin, seq)` names the proposal, so that the proposing leader's log store can tell
+    /// the waiting request once the entry is durable in its own log (see
+    /// [`crate::storage::DurableAcks`]). A new variant rather than a field on `Write`, so that
+    /// entries already stored decode unchanged.
+    TrackedWrite {
+        origin: NodeId,
+        seq: u64,
+        ops: Vec<Op>,
+    },
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Request::Write { ops } => write!(f, "write({} ops)", ops.len()),
+            Request::TrackedWrite { ops, .. } => write!(f, "tracked_write({} ops)", ops.len()),
             Request::SetClusterMap { epoch, .. } => write!(f, "set_cluster_map(epoch {epoch})"),
             Request::ChangeMap { expected_epoch, .. } => {
                 write!(f, "change_map(expected epoch {expected_epoch})")

@@ -153,7 +153,7 @@ impl RouterError {
             RouterError::Map(MapError::UnknownGroup(_)) => Code::Unavailable,
             RouterError::Remap { .. } => Code::Aborted,
             RouterError::Admin(e) => match e {
-                MapError::UnknownKeyspace(_) => Code::NotFound,
+                MapError::UnknownKeyspace(_) => Code::InvalidArgument,
                 MapError::KeyspaceExists(_) => Code::AlreadyExists,
                 _ => Code::InvalidArgument,
             },
@@ -242,7 +242,7 @@ mod tests {
         let cases = [
             (
                 RouterError::Admin(MapError::UnknownKeyspace("k".into())),
-                Code::NotFound,
+                Code::InvalidArgument,
                 codes::UNKNOWN_KEYSPACE,
             ),
             (

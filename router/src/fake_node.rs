@@ -48,6 +48,10 @@ pub struct Shared {
     pub scans: Mutex<Vec<GroupId>>,
     /// Map changes proposed (accepted or not).
     pub proposals: AtomicU64,
+    /// Nodes that refuse eventual reads carrying a session token, as `LAGGING`.
+    pub lagging: Mutex<Vec<NodeId>>,
+    /// The nodes that served eventual reads, in order.
+    pub eventual_reads: Mutex<Vec<NodeId>>,
 }
 
 impl Default for Shared {
@@ -61,6 +65,8 @@ impl Default for Shared {
             calls: AtomicU64::new(0),
             scans: Mutex::default(),
             proposals: AtomicU64::new(0),
+            lagging: Mutex::default(),
+            eventual_reads: Mutex::default(),
         }
     }
 }
@@ -202,8 +208,17 @@ impl Node for FakeNode {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
-        self.check_leader()?;
         let req = request.into_inner();
+        if req.consistency == kv_proto::kv::Consistency::Eventual as i32 {
+            // Any replica serves eventual reads, unless it lags behind the session token.
+            self.shared.calls.fetch_add(1, Ordering::Relaxed);
+            if req.min_applied_index > 0 && self.shared.lagging.lock().unwrap().contains(&self.id) {
+                return Err(status(Code::Unavailable, codes::LAGGING));
+            }
+            self.shared.eventual_reads.lock().unwrap().push(self.id);
+        } else {
+            self.check_leader()?;
+        }
         self.check_routing(req.group_id, req.epoch, &req.keys)?;
         let all = self.shared.data.lock().unwrap();
         let empty = GroupData::new();
@@ -323,9 +338,11 @@ impl Node for FakeNode {
                 }
                 Err(e) => {
                     result = Err(match &e {
-                        MapError::UnknownKeyspace(_) => {
-                            status_msg(Code::NotFound, codes::UNKNOWN_KEYSPACE, e.to_string())
-                        }
+                        MapError::UnknownKeyspace(_) => status_msg(
+                            Code::InvalidArgument,
+                            codes::UNKNOWN_KEYSPACE,
+                            e.to_string(),
+                        ),
                         MapError::KeyspaceExists(_) => {
                             status_msg(Code::AlreadyExists, codes::KEYSPACE_EXISTS, e.to_string())
                         }

@@ -887,7 +887,7 @@ mod tests {
                 .await
                 .unwrap_err();
             let (code, error_code, message) = code_of(err);
-            assert_eq!(code, Code::NotFound);
+            assert_eq!(code, Code::InvalidArgument);
             assert_eq!(error_code, codes::UNKNOWN_KEYSPACE);
             assert!(message.contains("nope"), "{message}");
         }
@@ -1265,7 +1265,7 @@ mod tests {
             };
             let err = router.propose(&change, 0, soon()).await.unwrap_err();
             let (code, error_code, message) = code_of(err);
-            assert_eq!(code, Code::NotFound);
+            assert_eq!(code, Code::InvalidArgument);
             assert_eq!(error_code, codes::UNKNOWN_KEYSPACE);
             assert_eq!(message, "unknown keyspace \"ghost\"");
         }

@@ -16,6 +16,8 @@
 //! - `map_cache`: the cluster map, followed with `WatchClusterMap`, polled as a fallback, and
 //!   read on demand when a node says a request was routed with an old one.
 //! - `leader`: which replica leads each group, as far as the router knows.
+//! - `session`: session tokens (merging, the per-group entry an eventual read must have
+//!   applied) and the order in which eventual reads try replicas.
 //! - `pool`: one lazily connected gRPC channel per node.
 //! - [`error`]: [`RouterError`], and the single function that turns it into a gRPC status.
 //! - `http` and `metrics`: `/health`, `/ready`, `/metrics`.
@@ -39,6 +41,7 @@ mod pool;
 mod retry;
 mod routing;
 pub mod service;
+mod session;
 
 use std::sync::Arc;
 
@@ -347,7 +350,7 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
         let mut kv = KvClient::connect(addrs[1].clone()).await.unwrap();
         let put = kv

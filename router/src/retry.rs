@@ -70,9 +70,10 @@ pub fn classify(status: &Status) -> Decision {
         | Some(codes::KEYSPACE_EXISTS)
         | Some(codes::INVALID_MAP_CHANGE)
         | Some(codes::CONDITION_FAILED) => Decision::Fail,
-        Some(codes::NO_QUORUM) | Some(codes::NOT_READY) => {
-            Decision::NextReplica { refresh_map: false }
-        }
+        Some(codes::NO_QUORUM)
+        | Some(codes::NOT_READY)
+        | Some(codes::LAGGING)
+        | Some(codes::STALE_REPLICA) => Decision::NextReplica { refresh_map: false },
         _ => match status.code() {
             // Transport failures (refused, reset, timed out) surface as these codes.
             Code::Unavailable
@@ -230,6 +231,10 @@ mod tests {
         }
         let s = status(Code::Unavailable, Some(codes::NO_QUORUM), &[]);
         assert_eq!(classify(&s), Decision::NextReplica { refresh_map: false });
+        for c in [codes::LAGGING, codes::STALE_REPLICA] {
+            let s = status(Code::Unavailable, Some(c), &[]);
+            assert_eq!(classify(&s), Decision::NextReplica { refresh_map: false });
+        }
     }
 
     #[test]

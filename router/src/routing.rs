@@ -17,7 +17,7 @@
 //! version mismatch. Nodes do not deduplicate requests yet.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +25,9 @@ use bytes::Bytes;
 use futures::future::{join_all, try_join_all};
 use kv_proto::codes;
 use kv_proto::kv::{
-    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, ScanRequest, ScanResponse,
+    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, Consistency,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, ScanRequest,
+    ScanResponse, SessionToken,
 };
 use kv_proto::node::node_client::NodeClient;
 use kv_proto::node::{
@@ -45,6 +46,11 @@ use crate::map_cache::MapCache;
 use crate::metrics::Metrics;
 use crate::pool::NodePool;
 use crate::retry::{attempt_budget, classify, error_code, Backoff, Decision};
+use crate::session::{self, replica_order};
+
+/// The longest one attempt of an eventual read may take: a node answers within its catch-up
+/// wait (500 ms) when it is healthy.
+const EVENTUAL_ATTEMPT_MAX: Duration = Duration::from_secs(1);
 
 /// What an operation remembers while it routes again after out-of-date maps.
 #[derive(Debug, Default)]
@@ -85,6 +91,38 @@ pub struct Router {
     pub(crate) leaders: LeaderCache,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
+    /// Rotates eventual reads over each group's followers.
+    next_replica: AtomicUsize,
+}
+
+/// How a read is served: strong reads go to the leader; eventual reads to a replica of the
+/// router's choice, which must have applied `min_applied_index` (the session token's entry for
+/// the group) and, when `max_staleness_ms` is set, have heard from its leader that recently.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ReadMode {
+    pub consistency: i32,
+    pub min_applied_index: u64,
+    pub max_staleness_ms: u32,
+}
+
+impl ReadMode {
+    fn new(
+        consistency: i32,
+        session: Option<&SessionToken>,
+        group: GroupId,
+        staleness: u32,
+    ) -> Self {
+        ReadMode {
+            consistency,
+            min_applied_index: session::min_applied(session, group),
+            max_staleness_ms: staleness,
+        }
+    }
+
+    fn eventual(&self) -> bool {
+        Consistency::try_from(self.consistency).unwrap_or(Consistency::Strong)
+            == Consistency::Eventual
+    }
 }
 
 /// A node request carrying the attempt's budget as its gRPC timeout.
@@ -107,6 +145,7 @@ impl Router {
             leaders: LeaderCache::default(),
             metrics,
             limits,
+            next_replica: AtomicUsize::new(0),
         }
     }
 
@@ -285,6 +324,137 @@ impl Router {
         }
     }
 
+    /// Runs an eventual read's node RPC against `group`: tries its replicas followers first
+    /// ([`replica_order`]), moving on at once when one is lagging behind the session token,
+    /// staler than the read allows, unavailable or unreachable; after a full round, backs off
+    /// and starts another, until `deadline`. Out-of-date routing and errors retrying cannot fix
+    /// end it as in [`Router::call`].
+    pub async fn call_any<T, F, Fut>(
+        &self,
+        group: GroupId,
+        routed_epoch: u64,
+        deadline: Instant,
+        mut rpc: F,
+    ) -> Result<T, RouterError>
+    where
+        F: FnMut(NodeClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut backoff = Backoff::default();
+        let mut attempts: u32 = 0;
+        let mut last_error = String::from("no replica was tried");
+        let mut last_code: Option<String> = None;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(RouterError::Unavailable {
+                    group,
+                    attempts,
+                    last_error,
+                    code: last_code,
+                });
+            }
+            let map = self.maps.wait(deadline).await?;
+            let replicas = match map.map.replicas(group) {
+                Ok(r) if !r.is_empty() => r.to_vec(),
+                Err(_) if routed_epoch != 0 && map.map.epoch > routed_epoch => {
+                    return Err(RouterError::Remap {
+                        group,
+                        code: codes::UNKNOWN_GROUP.to_string(),
+                        message: format!(
+                            "the cluster map (epoch {}) no longer has the group",
+                            map.map.epoch
+                        ),
+                    });
+                }
+                _ => {
+                    last_error = format!(
+                        "the cluster map (epoch {}) has no replicas for the group",
+                        map.map.epoch
+                    );
+                    self.maps.request_refresh();
+                    self.pause(&mut backoff, deadline).await;
+                    continue;
+                }
+            };
+            let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+            for node in replica_order(&replicas, self.leaders.known(group), start) {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let Some(addr) = map.map.node_addr(node) else {
+                    last_error = format!("node {node} has no address in the cluster map");
+                    self.maps.request_refresh();
+                    continue;
+                };
+                let client = match self.pool.client(addr) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last_error = e.to_string();
+                        continue;
+                    }
+                };
+                attempts += 1;
+                // A replica that hangs must not eat the time the others need; a healthy one
+                // answers within the node's catch-up wait.
+                let budget = attempt_budget(deadline.saturating_duration_since(now))
+                    .min(EVENTUAL_ATTEMPT_MAX);
+                let status = match tokio::time::timeout(budget, rpc(client, budget)).await {
+                    Ok(Ok(response)) => return Ok(response.into_inner()),
+                    Ok(Err(status)) => status,
+                    Err(_) => Status::deadline_exceeded(format!("no answer within {budget:?}")),
+                };
+                // The error reported at the deadline: the last one a node explained (LAGGING,
+                // STALE_REPLICA, ...) says more than a timeout of another replica.
+                let code = error_code(&status).map(str::to_string);
+                if code.is_some() || last_code.is_none() {
+                    last_error = format!(
+                        "node {node} ({addr}): {:?}: {}",
+                        status.code(),
+                        status.message()
+                    );
+                    last_code = code.clone();
+                }
+                let decision = classify(&status);
+                tracing::debug!(group, node, %addr, ?decision, error = %last_error, "eventual read failed");
+                match decision {
+                    Decision::Fail => {
+                        return Err(RouterError::Node {
+                            group,
+                            code: status.code(),
+                            message: status.message().to_string(),
+                            error_code: code,
+                        });
+                    }
+                    Decision::Remap => {
+                        self.metrics.node_retries.fetch_add(1, Ordering::Relaxed);
+                        let _ = tokio::time::timeout_at(
+                            deadline,
+                            self.maps.refresh_from(&self.pool, &self.metrics, addr),
+                        )
+                        .await;
+                        return Err(RouterError::Remap {
+                            group,
+                            code: last_code.unwrap_or_else(|| codes::STALE_EPOCH.to_string()),
+                            message: last_error,
+                        });
+                    }
+                    Decision::NextReplica { refresh_map } => {
+                        self.metrics.node_retries.fetch_add(1, Ordering::Relaxed);
+                        if refresh_map {
+                            self.maps.request_refresh();
+                        }
+                    }
+                    // Any replica serves eventual reads: a leader hint is no reason to stop.
+                    Decision::Redirect { .. } => {
+                        self.metrics.node_retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.pause(&mut backoff, deadline).await;
+        }
+    }
+
     /// Sleeps for the next backoff step, but not past the deadline.
     async fn pause(&self, backoff: &mut Backoff, deadline: Instant) {
         let until = (Instant::now() + backoff.next_delay()).min(deadline);
@@ -415,23 +585,28 @@ impl Router {
         group: GroupId,
         epoch: u64,
         keys: Vec<Bytes>,
-        consistency: i32,
+        mode: ReadMode,
         deadline: Instant,
     ) -> Result<Vec<GetResponse>, RouterError> {
         let count = keys.len();
+        let eventual = mode.eventual();
         let request = ReadRequest {
             group_id: group,
             epoch,
-            consistency,
+            consistency: mode.consistency,
             keys: keys.clone(),
-            ..Default::default()
+            min_applied_index: if eventual { mode.min_applied_index } else { 0 },
+            max_staleness_ms: if eventual { mode.max_staleness_ms } else { 0 },
         };
-        let response: ReadResponse = self
-            .call(group, epoch, deadline, |mut client, budget| {
-                let request = timed(request.clone(), budget);
-                async move { client.read(request).await }
-            })
-            .await?;
+        let rpc = |mut client: NodeClient<Channel>, budget| {
+            let request = timed(request.clone(), budget);
+            async move { client.read(request).await }
+        };
+        let response: ReadResponse = if eventual {
+            self.call_any(group, epoch, deadline, rpc).await?
+        } else {
+            self.call(group, epoch, deadline, rpc).await?
+        };
         if response.results.len() != count {
             return Err(RouterError::BadResponse {
                 group,
@@ -502,10 +677,22 @@ impl Router {
         let keys = [req.key];
         let answers = self
             .per_group(&req.keyspace, &keys, deadline, |group, epoch, _| {
-                self.read(group, epoch, keys.to_vec(), req.consistency, deadline)
+                let mode = ReadMode::new(
+                    req.consistency,
+                    req.session.as_ref(),
+                    group,
+                    req.max_staleness_ms,
+                );
+                self.read(group, epoch, keys.to_vec(), mode, deadline)
             })
             .await?;
-        single(answers)
+        let mut answer = single(answers)?;
+        let mut token = session::start(req.session.as_ref());
+        if answer.found {
+            session::observe(&mut token, answer.group_id, answer.version);
+        }
+        answer.session = Some(token);
+        Ok(answer)
     }
 
     /// Applies one write operation on `key`, routed again if the map moved; fails with
@@ -571,10 +758,12 @@ impl Router {
                 deadline,
             )
             .await?;
+        let mut token = SessionToken::default();
+        session::observe(&mut token, group, result.version);
         Ok(PutResponse {
             version: result.version,
             group_id: group,
-            ..Default::default()
+            session: Some(token),
         })
     }
 
@@ -603,11 +792,13 @@ impl Router {
                 deadline,
             )
             .await?;
+        let mut token = SessionToken::default();
+        session::observe(&mut token, group, result.version);
         Ok(DeleteResponse {
             existed: result.existed,
             version: result.version,
             group_id: group,
-            ..Default::default()
+            session: Some(token),
         })
     }
 
@@ -620,6 +811,13 @@ impl Router {
         limit: u32,
         deadline: Instant,
     ) -> Result<GroupScan, RouterError> {
+        let mode = ReadMode::new(
+            req.consistency,
+            req.session.as_ref(),
+            group,
+            req.max_staleness_ms,
+        );
+        let eventual = mode.eventual();
         let request = NodeScanRequest {
             group_id: group,
             epoch,
@@ -628,14 +826,18 @@ impl Router {
             end: req.end.clone(),
             limit,
             keys_only: req.keys_only,
-            ..Default::default()
+            min_applied_index: if eventual { mode.min_applied_index } else { 0 },
+            max_staleness_ms: if eventual { mode.max_staleness_ms } else { 0 },
         };
-        let response = self
-            .call(group, epoch, deadline, |mut client, budget| {
-                let request = timed(request.clone(), budget);
-                async move { client.scan(request).await }
-            })
-            .await?;
+        let rpc = |mut client: NodeClient<Channel>, budget| {
+            let request = timed(request.clone(), budget);
+            async move { client.scan(request).await }
+        };
+        let response = if eventual {
+            self.call_any(group, epoch, deadline, rpc).await?
+        } else {
+            self.call(group, epoch, deadline, rpc).await?
+        };
         Ok(GroupScan {
             kvs: response.kvs,
             more: response.more,
@@ -681,11 +883,15 @@ impl Router {
             };
             match result {
                 Ok((kvs, more)) => {
+                    let mut token = session::start(req.session.as_ref());
+                    for kv in &kvs {
+                        session::observe(&mut token, placement.locate(&kv.key), kv.version);
+                    }
                     return Ok(ScanResponse {
                         kvs,
                         more,
-                        ..Default::default()
-                    })
+                        session: Some(token),
+                    });
                 }
                 Err(e) => self.after_remap(e, epoch, &mut rerouting, deadline).await?,
             }
@@ -710,13 +916,23 @@ impl Router {
                 deadline,
                 |group, epoch, positions| {
                     let keys = positions.iter().map(|&i| req.keys[i].clone()).collect();
-                    self.read(group, epoch, keys, req.consistency, deadline)
+                    let mode = ReadMode::new(
+                        req.consistency,
+                        req.session.as_ref(),
+                        group,
+                        req.max_staleness_ms,
+                    );
+                    self.read(group, epoch, keys, mode, deadline)
                 },
             )
             .await?;
+        let mut token = session::start(req.session.as_ref());
+        for r in results.iter().filter(|r| r.found) {
+            session::observe(&mut token, r.group_id, r.version);
+        }
         Ok(BatchGetResponse {
             results,
-            ..Default::default()
+            session: Some(token),
         })
     }
 
@@ -748,12 +964,22 @@ impl Router {
                     })
                     .collect();
                 let write = self.write(group, epoch, ops, req.consistency, deadline);
-                async move { Ok(write.await?.into_iter().map(|r| r.version).collect()) }
+                async move {
+                    Ok(write
+                        .await?
+                        .into_iter()
+                        .map(|r| (group, r.version))
+                        .collect())
+                }
             })
             .await?;
+        let mut token = SessionToken::default();
+        for (group, version) in &versions {
+            session::observe(&mut token, *group, *version);
+        }
         Ok(BatchPutResponse {
-            versions,
-            ..Default::default()
+            versions: versions.into_iter().map(|(_, v)| v).collect(),
+            session: Some(token),
         })
     }
 }
@@ -848,6 +1074,94 @@ pub(crate) mod tests {
         let before = cluster.shared.calls.load(Ordering::Relaxed);
         router.get(get("k"), soon()).await.unwrap();
         assert_eq!(cluster.shared.calls.load(Ordering::Relaxed) - before, 1);
+    }
+
+    #[tokio::test]
+    async fn eventual_reads_prefer_followers_and_skip_lagging_ones() {
+        let cluster = FakeCluster::start(3, 1).await;
+        cluster.set_leader(2);
+        let router = router_for(&cluster).await;
+        let put = router.put(put("k", "v", None), soon()).await.unwrap();
+        let token = put.session.clone().unwrap();
+        assert_eq!(token.versions.get(&put.group_id), Some(&put.version));
+        let eventual = |session: Option<SessionToken>| GetRequest {
+            consistency: Consistency::Eventual as i32,
+            session,
+            ..get("k")
+        };
+        // Followers (1 and 3) in rotation; the known leader is not asked.
+        for _ in 0..4 {
+            let got = router.get(eventual(None), soon()).await.unwrap();
+            assert!(got.found);
+            assert_ne!(got.served_by, 2);
+        }
+        let served = cluster.shared.eventual_reads.lock().unwrap().clone();
+        assert!(served.contains(&1) && served.contains(&3), "{served:?}");
+        // Both followers lag behind the session: the leader serves, and the answer's token
+        // keeps the session's versions.
+        *cluster.shared.lagging.lock().unwrap() = vec![1, 3];
+        let mut session = token.clone();
+        session.versions.insert(999, 7);
+        let got = router.get(eventual(Some(session)), soon()).await.unwrap();
+        assert_eq!(got.served_by, 2);
+        let back = got.session.unwrap();
+        assert_eq!(back.versions.get(&999), Some(&7));
+        assert_eq!(back.versions.get(&put.group_id), Some(&put.version));
+        // Every replica lags: unavailable at the deadline, with the LAGGING code.
+        *cluster.shared.lagging.lock().unwrap() = vec![1, 2, 3];
+        let err = router
+            .get(
+                eventual(Some(token)),
+                Instant::now() + Duration::from_millis(300),
+            )
+            .await
+            .unwrap_err();
+        let status = crate::error::to_status(err);
+        assert_eq!(status.code(), Code::Unavailable);
+        let code = status.metadata().get(kv_proto::meta::ERROR_CODE).unwrap();
+        assert_eq!(code.to_str().unwrap(), kv_proto::codes::LAGGING);
+    }
+
+    #[tokio::test]
+    async fn responses_carry_the_versions_seen_in_session_tokens() {
+        let cluster = FakeCluster::start(3, 4).await;
+        cluster.set_leader(1);
+        let router = router_for(&cluster).await;
+        let req = BatchPutRequest {
+            kvs: (0..20)
+                .map(|i| KeyValue {
+                    key: Bytes::from(format!("s{i:02}")),
+                    value: Bytes::from_static(b"x"),
+                    version: 0,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let written = router.batch_put(req, soon()).await.unwrap();
+        let token = written.session.unwrap();
+        assert!(token.versions.len() > 1, "{token:?}");
+        let scan = router.scan(ScanRequest::default(), soon()).await.unwrap();
+        assert_eq!(scan.session.unwrap(), token);
+        let batch = BatchGetRequest {
+            keys: vec![Bytes::from_static(b"s03"), Bytes::from_static(b"absent")],
+            ..Default::default()
+        };
+        let got = router.batch_get(batch, soon()).await.unwrap();
+        let seen = got.session.unwrap();
+        assert_eq!(seen.versions.len(), 1);
+        assert_eq!(
+            seen.versions.get(&got.results[0].group_id),
+            Some(&got.results[0].version)
+        );
+        let del = DeleteRequest {
+            key: Bytes::from_static(b"s03"),
+            ..Default::default()
+        };
+        let deleted = router.delete(del, soon()).await.unwrap();
+        assert_eq!(
+            deleted.session.unwrap().versions.get(&deleted.group_id),
+            Some(&deleted.version)
+        );
     }
 
     #[tokio::test]

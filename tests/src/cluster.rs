@@ -18,7 +18,10 @@ use kv_proto::kv::kv_client::KvClient;
 use kv_proto::node::{GroupStatus, GroupStatusResponse};
 use tonic::transport::Channel;
 
+use std::net::Ipv4Addr;
+
 use crate::bins::bin_path;
+use crate::netns::Network;
 use crate::node::{NodeConfig, NodeProcess, RouterProcess, RPC_TIMEOUT};
 use crate::ports::free_addr;
 use crate::process::log_tail;
@@ -44,6 +47,10 @@ pub struct ClusterOptions {
     pub node_args: Vec<String>,
     /// How long to wait for every process's `/ready`.
     pub ready_timeout: Duration,
+    /// Run every node and router in a network namespace of its own, on a per-cluster bridge
+    /// (see [`crate::netns`]), so that tests can partition the network. Needs root; call
+    /// [`crate::netns::require_netns`] first.
+    pub netns: bool,
 }
 
 impl Default for ClusterOptions {
@@ -56,6 +63,7 @@ impl Default for ClusterOptions {
             routers: 1,
             node_args: Vec::new(),
             ready_timeout: READY_TIMEOUT,
+            netns: false,
         }
     }
 }
@@ -67,9 +75,33 @@ pub struct Cluster {
     dir: PathBuf,
     nodes: Vec<NodeProcess>,
     routers: Vec<RouterProcess>,
+    /// Each router's address on the cluster subnet (netns clusters only), in router order.
+    router_ips: Vec<Ipv4Addr>,
     /// Keep the dir even without a panic (set when starting failed).
     keep: bool,
+    /// The namespaces, when started with `netns: true`. Declared last: dropped after
+    /// `Drop::drop` has killed the processes inside.
+    network: Option<Network>,
 }
+
+/// Who a partition separates (netns clusters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Node `id`.
+    Node(u64),
+    /// Router `i` (0-based, in start order).
+    Router(usize),
+    /// The root namespace: the harness and the test's clients.
+    Host,
+}
+
+/// Ports of processes in namespaces: each has its own address, so fixed ports never collide.
+const NS_NODE_PORT: u16 = 7000;
+const NS_NODE_HTTP_PORT: u16 = 8000;
+const NS_ROUTER_PORT: u16 = 7100;
+const NS_ROUTER_HTTP_PORT: u16 = 8100;
+/// Router `i` in its own namespace has address `10.X.Y.(ROUTER_OCTET + i)`.
+const ROUTER_OCTET: u8 = 101;
 
 impl Cluster {
     /// Starts the nodes, waits until each is ready, then the routers, and waits for them.
@@ -83,9 +115,29 @@ impl Cluster {
             logs.display()
         );
 
-        let addrs: Vec<(String, String)> = (0..options.nodes)
-            .map(|_| (free_addr(), free_addr()))
-            .collect();
+        let mut network = if options.netns {
+            Some(Network::create().context("creating the cluster's network namespaces")?)
+        } else {
+            None
+        };
+        let mut node_ns = Vec::new();
+        let mut addrs: Vec<(String, String)> = Vec::new();
+        for i in 0..options.nodes {
+            match network.as_mut() {
+                Some(net) => {
+                    let member = net.add_member(&format!("n{}", i + 1), i as u8 + 1)?;
+                    addrs.push((
+                        format!("{}:{NS_NODE_PORT}", member.ip),
+                        format!("{}:{NS_NODE_HTTP_PORT}", member.ip),
+                    ));
+                    node_ns.push(Some(member.ns));
+                }
+                None => {
+                    addrs.push((free_addr(), free_addr()));
+                    node_ns.push(None);
+                }
+            }
+        }
         let initial_cluster = addrs
             .iter()
             .enumerate()
@@ -96,9 +148,11 @@ impl Cluster {
             dir: dir.clone(),
             nodes: Vec::new(),
             routers: Vec::new(),
+            router_ips: Vec::new(),
             keep: false,
+            network,
         };
-        match cluster.boot(options, addrs, initial_cluster).await {
+        match cluster.boot(options, addrs, node_ns, initial_cluster).await {
             Ok(()) => Ok(cluster),
             Err(e) => {
                 // Dropped without a panic in flight, but a failure all the same.
@@ -118,6 +172,7 @@ impl Cluster {
         &mut self,
         options: ClusterOptions,
         addrs: Vec<(String, String)>,
+        node_ns: Vec<Option<String>>,
         initial_cluster: String,
     ) -> anyhow::Result<()> {
         let dir = self.dir.clone();
@@ -134,6 +189,7 @@ impl Cluster {
                 snapshot_logs: options.snapshot_logs,
                 max_logs_kept: options.max_logs_kept,
                 extra_args: options.node_args.clone(),
+                netns: node_ns[i].clone(),
             };
             let log = logs.join(format!("node{id}.log"));
             self.nodes.push(NodeProcess::new(config, log));
@@ -151,7 +207,21 @@ impl Cluster {
                 format!("router{}", i + 1)
             };
             let log = logs.join(format!("{name}.log"));
-            let router = RouterProcess::new(&name, free_addr(), free_addr(), &node_addrs, log);
+            let router = match self.network.as_mut() {
+                Some(net) => {
+                    let member = net.add_member(&format!("r{}", i + 1), ROUTER_OCTET + i as u8)?;
+                    self.router_ips.push(member.ip);
+                    RouterProcess::new(
+                        &name,
+                        format!("{}:{}", member.ip, NS_ROUTER_PORT + i as u16),
+                        format!("{}:{}", member.ip, NS_ROUTER_HTTP_PORT + i as u16),
+                        &node_addrs,
+                        log,
+                    )
+                    .in_netns(&member.ns)
+                }
+                None => RouterProcess::new(&name, free_addr(), free_addr(), &node_addrs, log),
+            };
             self.routers.push(router);
         }
         for router in &mut self.routers {
@@ -273,6 +343,13 @@ impl Cluster {
         })
     }
 
+    /// A client library handle for router `i` alone, with `options`.
+    pub fn client_of(&self, i: usize, options: kvclient::ClientOptions) -> kvclient::Client {
+        let endpoint = self.routers[i].endpoint();
+        kvclient::Client::with_options([endpoint], options)
+            .unwrap_or_else(|e| panic!("kvclient refused the router endpoint: {e}"))
+    }
+
     /// A client library handle for every router, with `options`.
     pub fn client_with(&self, options: kvclient::ClientOptions) -> kvclient::Client {
         let endpoints: Vec<String> = self.routers.iter().map(|r| r.endpoint()).collect();
@@ -390,6 +467,123 @@ impl Cluster {
     }
 }
 
+/// Partitions (clusters started with `netns: true`).
+impl Cluster {
+    /// The cluster's namespaces; fails on a loopback cluster.
+    pub fn network(&self) -> anyhow::Result<&Network> {
+        self.network
+            .as_ref()
+            .context("this cluster runs on loopback: start it with `netns: true` to partition it")
+    }
+
+    /// The address of `peer` on the cluster subnet.
+    pub fn peer_ip(&self, peer: Peer) -> anyhow::Result<Ipv4Addr> {
+        let net = self.network()?;
+        match peer {
+            Peer::Host => Ok(net.host_ip()),
+            Peer::Node(id) => {
+                let node = self
+                    .nodes
+                    .iter()
+                    .find(|n| n.id() == id)
+                    .with_context(|| format!("no node {id}"))?;
+                let host = node.addr().split(':').next().unwrap_or_default();
+                host.parse()
+                    .with_context(|| format!("node{id} address {}", node.addr()))
+            }
+            Peer::Router(i) => self
+                .router_ips
+                .get(i)
+                .copied()
+                .with_context(|| format!("no router {i}")),
+        }
+    }
+
+    fn peer_ips(&self, peers: &[Peer]) -> anyhow::Result<Vec<Ipv4Addr>> {
+        peers.iter().map(|p| self.peer_ip(*p)).collect()
+    }
+
+    /// Cuts the nodes of `side_a` from the nodes of `side_b` (Raft and everything else between
+    /// them), both directions, established connections included. Routers and the harness
+    /// still reach every node; a router started in a node's namespace
+    /// ([`Cluster::start_router_in_node_ns`]) shares that node's side.
+    pub fn partition(&self, side_a: &[u64], side_b: &[u64]) -> anyhow::Result<()> {
+        let a: Vec<Peer> = side_a.iter().map(|&id| Peer::Node(id)).collect();
+        let b: Vec<Peer> = side_b.iter().map(|&id| Peer::Node(id)).collect();
+        self.partition_peers(&a, &b)
+    }
+
+    /// Cuts every peer of `side_a` from every peer of `side_b`, both directions.
+    pub fn partition_peers(&self, side_a: &[Peer], side_b: &[Peer]) -> anyhow::Result<()> {
+        let a = self.peer_ips(side_a)?;
+        let b = self.peer_ips(side_b)?;
+        self.note_all(&format!("==== harness: partition {side_a:?} | {side_b:?}"));
+        self.network()?.partition(&a, &b)
+    }
+
+    /// Cuts node `id` from every other node and every router in a namespace of its own (the
+    /// harness still reaches it, so its status stays readable).
+    pub fn isolate_node(&self, id: u64) -> anyhow::Result<()> {
+        let mut others: Vec<Peer> = self
+            .node_ids()
+            .into_iter()
+            .filter(|&n| n != id)
+            .map(Peer::Node)
+            .collect();
+        others.extend((0..self.router_ips.len()).map(Peer::Router));
+        self.partition_peers(&[Peer::Node(id)], &others)
+    }
+
+    /// Removes every partition.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        self.note_all("==== harness: heal (every partition removed)");
+        self.network()?.heal()
+    }
+
+    /// Starts one more router inside node `id`'s namespace (so that it shares the node's side
+    /// of any partition), waits until it is ready, and returns its index.
+    pub async fn start_router_in_node_ns(&mut self, id: u64) -> anyhow::Result<usize> {
+        let ip = self.peer_ip(Peer::Node(id))?;
+        let ns = self
+            .node(id)
+            .netns()
+            .context("the node runs in no namespace")?
+            .to_string();
+        let i = self.routers.len();
+        let name = format!("router{}", i + 1);
+        let node_addrs: Vec<String> = self.nodes.iter().map(|n| n.addr().to_string()).collect();
+        let log = self.logs_dir().join(format!("{name}.log"));
+        let mut router = RouterProcess::new(
+            &name,
+            format!("{ip}:{}", NS_ROUTER_PORT + i as u16),
+            format!("{ip}:{}", NS_ROUTER_HTTP_PORT + i as u16),
+            &node_addrs,
+            log,
+        )
+        .in_netns(&ns);
+        router.start()?;
+        self.routers.push(router);
+        self.router_ips.push(ip);
+        self.routers[i].wait_ready(READY_TIMEOUT).await?;
+        Ok(i)
+    }
+
+    /// Appends a harness line to every process log (faults are then easy to find).
+    fn note_all(&self, line: &str) {
+        use std::io::Write;
+        let paths = self
+            .nodes
+            .iter()
+            .map(|n| n.log_path())
+            .chain(self.routers.iter().map(|r| r.log_path()));
+        for path in paths {
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for router in &mut self.routers {
@@ -407,6 +601,12 @@ impl Drop for Cluster {
         } else {
             cleanup_dir(&self.dir);
         }
+        if let Some(net) = &self.network {
+            if std::thread::panicking() && !net.blocked().is_empty() {
+                eprintln!("partition rules at failure:\n{}", net.rules());
+            }
+        }
+        // `network` drops after this, deleting the namespaces of the killed processes.
     }
 }
 

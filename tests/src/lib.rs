@@ -14,24 +14,31 @@
 //! - [`cluster`]: a whole cluster, plus the questions tests ask of it (leaders, group status).
 //! - [`wait`]: polling helpers; tests never sleep a fixed time.
 //! - [`data`]: keys, values and bulk load/verify helpers.
+//! - [`netns`]: a network namespace per process on a per-cluster bridge, and partitions as
+//!   nft DROP rules on that bridge (clusters started with `netns: true`; needs root).
+//! - [`linearizability`]: a recording client and a Wing-Gong checker of strong operations
+//!   against a versioned register model, key by key.
 //! - [`admin`]: keyspaces through the router's `Admin` service, the nodes' cluster map, and
 //!   per-group scans straight from a group's leader.
 //!
 //! Environment: `KV_BIN_DIR` (binaries), `KV_TEST_DIR` (where temp dirs go),
-//! `KV_KEEP_TEST_DIRS=1` (keep dirs of passing tests too), `RUST_LOG` (passed to children,
+//! `KV_KEEP_TEST_DIRS=1` (keep dirs of passing tests too), `KV_SKIP_NETNS=1` (skip the tests that
+//! need network namespaces instead of failing them where they cannot be created), `RUST_LOG` (passed to children,
 //! default `info`). A failing test keeps its dir and prints the tails of every log.
 
 pub mod admin;
 pub mod bins;
 pub mod cluster;
 pub mod data;
+pub mod linearizability;
+pub mod netns;
 pub mod node;
 pub mod ports;
 pub mod probe;
 pub mod process;
 pub mod wait;
 
-pub use cluster::{kvctl, Cluster, ClusterOptions, READY_TIMEOUT};
+pub use cluster::{kvctl, Cluster, ClusterOptions, Peer, READY_TIMEOUT};
 pub use node::{NodeProcess, RouterProcess};
 pub use process::ChildProcess;
 pub use wait::{wait_for, wait_until};

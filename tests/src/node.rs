@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub snapshot_logs: Option<u64>,
     pub max_logs_kept: Option<u64>,
     pub extra_args: Vec<String>,
+    /// The network namespace the node runs in (clusters started with `netns: true`).
+    pub netns: Option<String>,
 }
 
 /// One `kvnode` process.
@@ -69,7 +71,10 @@ impl NodeProcess {
         }
         args.extend(config.extra_args.iter().cloned());
         let name = format!("node{}", config.id);
-        let process = ChildProcess::new(&name, bin_path("kvnode"), args, log_path);
+        let mut process = ChildProcess::new(&name, bin_path("kvnode"), args, log_path);
+        if let Some(ns) = &config.netns {
+            process.netns(ns);
+        }
         NodeProcess { config, process }
     }
 
@@ -94,6 +99,11 @@ impl NodeProcess {
 
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
+    }
+
+    /// The network namespace the node runs in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.config.netns.as_deref()
     }
 
     pub fn log_path(&self) -> &Path {
@@ -248,6 +258,18 @@ impl RouterProcess {
             http_addr,
             process,
         }
+    }
+
+    /// The same router, run inside network namespace `ns` (its addresses must be that
+    /// namespace's).
+    pub fn in_netns(mut self, ns: &str) -> Self {
+        self.process.netns(ns);
+        self
+    }
+
+    /// The network namespace the router runs in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.process.netns_name()
     }
 
     /// `127.0.0.1:PORT` of the `Kv` service.

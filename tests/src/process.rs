@@ -30,6 +30,8 @@ pub struct ChildProcess {
     child: Option<Child>,
     /// Stdout piped back to the harness instead of the log (for `kvctl dev`).
     pipe_stdout: bool,
+    /// Run inside this network namespace (`ip netns exec NS program args...`).
+    netns: Option<String>,
 }
 
 impl ChildProcess {
@@ -43,7 +45,21 @@ impl ChildProcess {
             log_path,
             child: None,
             pipe_stdout: false,
+            netns: None,
         }
+    }
+
+    /// Runs the program inside network namespace `ns` on every start, through
+    /// `ip netns exec`, which enters the namespace and then execs the program: the pid the
+    /// harness signals is the program's own.
+    pub fn netns(&mut self, ns: &str) -> &mut Self {
+        self.netns = Some(ns.to_string());
+        self
+    }
+
+    /// The network namespace the program runs in, if any.
+    pub fn netns_name(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// Adds an environment variable for every start.
@@ -83,9 +99,14 @@ impl ChildProcess {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
+        let netns = self
+            .netns
+            .as_deref()
+            .map(|ns| format!("ip netns exec {ns} "))
+            .unwrap_or_default();
         writeln!(
             log,
-            "==== harness: starting {} {}",
+            "==== harness: starting {netns}{} {}",
             self.program.display(),
             self.args.join(" ")
         )?;
@@ -94,7 +115,14 @@ impl ChildProcess {
         } else {
             Stdio::from(log.try_clone()?)
         };
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(&self.program);
+                cmd
+            }
+            None => Command::new(&self.program),
+        };
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -7,7 +7,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
 
-use super::{read_err, sto_err, Flusher};
+use super::{read_err, sto_err, DurableAcks, Flusher};
 use crate::keys;
 use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
@@ -18,15 +18,22 @@ pub struct LogStore {
     log: sled::Tree,
     raft: sled::Tree,
     flusher: Flusher,
+    acks: DurableAcks,
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db, group: GroupId, flusher: Flusher) -> Result<LogStore, sled::Error> {
+    pub fn open(
+        db: &sled::Db,
+        group: GroupId,
+        flusher: Flusher,
+        acks: DurableAcks,
+    ) -> Result<LogStore, sled::Error> {
         Ok(LogStore {
             group,
             log: db.open_tree(keys::log_tree(group))?,
             raft: db.open_tree(keys::raft_tree(group))?,
             flusher,
+            acks,
         })
     }
 
@@ -152,17 +159,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut tracked = Vec::new();
         for entry in entries {
             let raw = bincode::serialize(&entry)
                 .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.insert(&keys::log_key(entry.get_log_id().index), raw);
+            tracked.extend(self.acks.tracked(&entry));
         }
         self.log
             .apply_batch(batch)
             .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        // The callback fires only once the group-commit flush covering this batch is done.
-        self.flusher
-            .on_durable(move |res: io::Result<()>| callback.log_io_completed(res));
+        // The callback fires only once the group-commit flush covering this batch is done;
+        // eventual writes this node proposed are acknowledged at the same moment.
+        let (acks, group) = (self.acks.clone(), self.group);
+        self.flusher.on_durable(move |res: io::Result<()>| {
+            let durable = res.is_ok();
+            callback.log_io_completed(res);
+            if durable {
+                acks.complete(group, &tracked);
+            }
+        });
         Ok(())
     }
 

@@ -3,11 +3,14 @@
 //! - [`LogStore`]: a group's Raft log and vote (`RaftLogStorage`).
 //! - [`StateMachine`]: a group's data and applied state (`RaftStateMachine`), and snapshots.
 //! - [`Flusher`]: group commit, one flush for the appends of every group.
+//! - [`DurableAcks`]: eventual writes waiting for their entry to be durable in the leader's log.
 
+mod acks;
 mod flusher;
 mod log_store;
 mod state_machine;
 
+pub use acks::{DurableAcks, PendingAck};
 pub use flusher::{FlushStats, Flusher};
 pub use log_store::LogStore;
 pub use state_machine::{GroupData, StateMachine};

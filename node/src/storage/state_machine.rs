@@ -293,7 +293,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for e in &entries {
                     let resp = match &e.payload {
                         EntryPayload::Blank | EntryPayload::Membership(_) => Response::None,
-                        EntryPayload::Normal(Request::Write { ops }) => Response::Write(
+                        EntryPayload::Normal(
+                            Request::Write { ops } | Request::TrackedWrite { ops, .. },
+                        ) => Response::Write(
                             ops.iter()
                                 .map(|op| apply_op(data, op, e.log_id.index))
                                 .collect::<Result<_, _>>()?,

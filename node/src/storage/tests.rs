@@ -12,7 +12,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path()).expect("open sled");
         let flusher = Flusher::start(db.clone()).expect("flusher");
-        let log = LogStore::open(&db, 7, flusher.clone()).expect("log store");
+        let log = LogStore::open(&db, 7, flusher.clone(), DurableAcks::new(1)).expect("log store");
         let sm = StateMachine::open(&db, 7, flusher)?;
         Ok((dir, log, sm))
     }

@@ -2,10 +2,12 @@
 
 use std::io::Write;
 
+use std::time::Duration;
+
 use clap::Args;
 use kvclient::ScanOptions;
 
-use crate::args::{Global, Target};
+use crate::args::{parse_duration, ConsistencyArg, Global, Target};
 use crate::output::{self, OutputFormat};
 use crate::Outcome;
 
@@ -22,6 +24,10 @@ pub struct ScanArgs {
     /// Print keys without their values.
     #[arg(long)]
     pub keys_only: bool,
+    /// With --consistency eventual: only read from replicas that heard from their leader
+    /// within this long (e.g. 500ms); fails with code STALE_REPLICA when none did in time.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_staleness: Option<Duration>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -29,12 +35,16 @@ pub struct ScanArgs {
 /// Prints `KEY<TAB>VALUE` lines (keys alone with `--keys-only`) in key order, or a JSON array
 /// of `{key, value, version}` with `-o json`.
 pub async fn run(args: ScanArgs, global: &Global) -> anyhow::Result<Outcome> {
+    if args.max_staleness.is_some() && args.target.consistency != ConsistencyArg::Eventual {
+        anyhow::bail!("--max-staleness applies to eventual reads: add --consistency eventual");
+    }
     let client = global.client()?;
     let options = ScanOptions {
         limit: args.limit.unwrap_or(0),
         keys_only: args.keys_only,
         keyspace: args.target.keyspace,
         consistency: args.target.consistency.into(),
+        max_staleness: args.max_staleness,
     };
     // All pages are read before printing, so an error halfway prints nothing rather than a
     // truncated listing that looks complete.
