@@ -207,6 +207,7 @@ impl Client {
             value,
             consistency: options.consistency.to_proto(),
             expected_version: options.if_version,
+            request_id: new_request_id(),
         };
         let resp = self
             .call(req, |mut c, r| async move { c.put(r).await })
@@ -241,6 +242,7 @@ impl Client {
             key,
             consistency: options.consistency.to_proto(),
             expected_version: options.if_version,
+            request_id: new_request_id(),
         };
         let resp = self
             .call(req, |mut c, r| async move { c.delete(r).await })
@@ -418,6 +420,7 @@ impl Client {
             return Err(Error::invalid("batch_put does not support if_version"));
         }
         let req = kv::BatchPutRequest {
+            request_id: new_request_id(),
             keyspace: options.keyspace.clone(),
             kvs: kvs
                 .into_iter()
@@ -541,6 +544,14 @@ pub fn next_start(key: &[u8]) -> Bytes {
     next.extend_from_slice(key);
     next.push(0);
     next.into()
+}
+
+/// A fresh id for one logical write. Every retry of the call sends the same request (and so the
+/// same id), which lets the shard group apply the write at most once: without it, a retry after
+/// an unknown outcome could apply a put a second time, after other writes, and bring an old value
+/// back.
+fn new_request_id() -> Bytes {
+    Bytes::from(rand::random::<[u8; 16]>().to_vec())
 }
 
 #[cfg(test)]

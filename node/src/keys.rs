@@ -8,6 +8,7 @@
 //! | `g{id}.raft` | `vote`, `committed`, `purged` | bincode `Vote` / `Option<LogId>` / `LogId` |
 //! | `g{id}.data` | the user key | version (u64 big-endian) then the value bytes |
 //! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map` | bincode |
+//! | `g{id}.dedup` | `r` + request id; `t` + at_ms + index (u64 big-endian each) | (at_ms, results); the id |
 //!
 //! The node tree `node` holds `config`: the bootstrap configuration (JSON) written on first
 //! start, so that a restart from the data dir ignores changed flags, and `map`: the newest
@@ -40,6 +41,27 @@ pub fn raft_tree(group: GroupId) -> String {
 
 pub fn data_tree(group: GroupId) -> String {
     format!("g{group}.data")
+}
+
+/// Request ids a group has applied: `r` + id → bincode (at_ms, results); `t` + at_ms + log
+/// index (both u64 big-endian) → id, the index by age used to forget old ids.
+pub fn dedup_tree(group: GroupId) -> String {
+    format!("g{group}.dedup")
+}
+
+pub fn dedup_result_key(id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(b'r');
+    k.extend_from_slice(id);
+    k
+}
+
+pub fn dedup_age_key(at_ms: u64, index: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b't';
+    k[1..9].copy_from_slice(&at_ms.to_be_bytes());
+    k[9..].copy_from_slice(&index.to_be_bytes());
+    k
 }
 
 pub fn sm_tree(group: GroupId) -> String {

@@ -23,7 +23,7 @@ use crate::freshness::{within_staleness, Freshness};
 use crate::keys;
 use crate::network::{GroupNetwork, PeerPool};
 use crate::storage::{DurableAcks, Flusher, GroupData, LogStore, StateMachine};
-use crate::types::{GroupId, NodeId, Op, OpResult, Raft, Request, Response};
+use crate::types::{Dedup, GroupId, NodeId, Op, OpResult, Raft, Request, Response};
 
 /// The longest an eventual read waits for its replica to catch up with the session token
 /// before refusing with `LAGGING` (the router then tries another replica).
@@ -549,6 +549,7 @@ impl Node {
         &self,
         group: &Group,
         ops: Vec<Op>,
+        dedup: Option<Dedup>,
     ) -> Result<Vec<OpResult>, NodeError> {
         let count = ops.len();
         let mut pending = self.acks.register(group.id);
@@ -556,6 +557,7 @@ impl Node {
             origin: self.id,
             seq: pending.seq,
             ops,
+            dedup,
         };
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let mut applied = tokio::time::timeout_at(deadline, group.raft.client_write_ff(req))

@@ -26,7 +26,10 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::error::NodeError;
 use crate::keys;
 use crate::node::{Group, Node};
-use crate::types::{NodeId, Op, Request as Command, Response as CommandResponse, TypeConfig};
+use crate::types::{
+    Dedup, NodeId, Op, Request as Command, Response as CommandResponse, TypeConfig,
+    MAX_REQUEST_ID_BYTES,
+};
 
 /// Scan results per group when the request sets no limit, and the most it may ask for.
 pub const DEFAULT_SCAN_LIMIT: usize = 1_000;
@@ -105,6 +108,26 @@ impl NodeService {
     }
 }
 
+/// The dedup record of a write: its request id, stamped with this leader's clock.
+fn dedup_of(request_id: &[u8]) -> Result<Option<Dedup>, NodeError> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    if request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(NodeError::BadRequest(format!(
+            "request_id is {} bytes, over the limit of {MAX_REQUEST_ID_BYTES}",
+            request_id.len()
+        )));
+    }
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Some(Dedup {
+        id: request_id.to_vec(),
+        at_ms,
+    }))
+}
+
 #[tonic::async_trait]
 impl NodeApi for NodeService {
     async fn write(
@@ -117,10 +140,15 @@ impl NodeApi for NodeService {
         self.node
             .check_routing(group.id, req.epoch, ops.iter().map(|op| op.key()))
             .await?;
+        let dedup = dedup_of(&req.request_id)?;
         // A conditional write's outcome is only known at apply: always strong.
         let conditional = ops.iter().any(Op::is_conditional);
         let results = if strong(req.consistency) || conditional {
-            match self.node.write(&group, Command::Write { ops }).await? {
+            match self
+                .node
+                .write(&group, Command::Write { ops, dedup })
+                .await?
+            {
                 CommandResponse::Write(r) => r,
                 other => {
                     return Err(
@@ -129,7 +157,7 @@ impl NodeApi for NodeService {
                 }
             }
         } else {
-            self.node.write_eventual(&group, ops).await?
+            self.node.write_eventual(&group, ops, dedup).await?
         };
         Ok(GrpcResponse::new(WriteResponse {
             results: results

@@ -69,7 +69,7 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Data operations, applied in order as one atomic batch.
-    Write { ops: Vec<Op> },
+    Write { ops: Vec<Op>, dedup: Option<Dedup> },
     /// Meta group only: store this cluster map (JSON) if its epoch is newer than the stored one.
     SetClusterMap {
         epoch: u64,
@@ -92,13 +92,34 @@ pub enum Request {
         origin: NodeId,
         seq: u64,
         ops: Vec<Op>,
+        dedup: Option<Dedup>,
     },
 }
+
+/// Names a write so that its group applies it at most once: a retry after an unknown outcome
+/// (a timeout, a leader change) carries the same id and is answered with the first result
+/// instead of being applied again after later writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dedup {
+    #[serde(with = "serde_bytes")]
+    pub id: Vec<u8>,
+    /// The proposing leader's wall clock, in ms since the epoch. Ids are remembered for
+    /// [`DEDUP_WINDOW_MS`] of this clock, as the log carries it, so every replica forgets the
+    /// same ids.
+    pub at_ms: u64,
+}
+
+/// How long a group remembers request ids. Client and router retries end within their
+/// deadlines (seconds); a retry later than this may apply again.
+pub const DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
+
+/// Longest request id a node accepts (a router's id is the client's up to 64 bytes plus 20).
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Request::Write { ops } => write!(f, "write({} ops)", ops.len()),
+            Request::Write { ops, .. } => write!(f, "write({} ops)", ops.len()),
             Request::TrackedWrite { ops, .. } => write!(f, "tracked_write({} ops)", ops.len()),
             Request::SetClusterMap { epoch, .. } => write!(f, "set_cluster_map(epoch {epoch})"),
             Request::ChangeMap { expected_epoch, .. } => {

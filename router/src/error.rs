@@ -21,6 +21,9 @@ pub enum RouterError {
     /// A malformed scan range.
     #[error("invalid range: {0}")]
     InvalidRange(LimitError),
+    /// A request id longer than the router accepts.
+    #[error("request_id is {0} bytes, over the limit of 64 bytes")]
+    InvalidRequestId(usize),
     /// The request names a keyspace the cluster map does not have.
     #[error("unknown keyspace {0:?}")]
     UnknownKeyspace(String),
@@ -119,6 +122,7 @@ impl RouterError {
             RouterError::InvalidKey(_) => Some(codes::INVALID_KEY),
             RouterError::InvalidValue(_) => Some(codes::INVALID_VALUE),
             RouterError::InvalidRange(_) => Some(codes::INVALID_RANGE),
+            RouterError::InvalidRequestId(_) => Some("INVALID_REQUEST_ID"),
             RouterError::UnknownKeyspace(_) => Some(codes::UNKNOWN_KEYSPACE),
             RouterError::ConditionFailed { .. } => Some(codes::CONDITION_FAILED),
             RouterError::NotReady => Some(codes::NOT_READY),
@@ -146,6 +150,7 @@ impl RouterError {
             RouterError::InvalidKey(_)
             | RouterError::InvalidValue(_)
             | RouterError::InvalidRange(_)
+            | RouterError::InvalidRequestId(_)
             | RouterError::UnknownKeyspace(_) => Code::InvalidArgument,
             RouterError::ConditionFailed { .. } => Code::FailedPrecondition,
             RouterError::NotReady | RouterError::Unavailable { .. } => Code::Unavailable,

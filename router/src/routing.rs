@@ -631,7 +631,8 @@ impl Router {
             .collect())
     }
 
-    /// Applies `ops` (all in `group`) with one node Write.
+    /// Applies `ops` (all in `group`) with one node Write. `request_id` names this write to the
+    /// group, so that the retries below (and the client's) apply it at most once.
     async fn write(
         &self,
         group: GroupId,
@@ -639,6 +640,7 @@ impl Router {
         ops: Vec<WriteOp>,
         consistency: i32,
         deadline: Instant,
+        request_id: Bytes,
     ) -> Result<Vec<WriteResult>, RouterError> {
         let count = ops.len();
         let request = WriteRequest {
@@ -646,6 +648,7 @@ impl Router {
             epoch,
             consistency,
             ops,
+            request_id,
         };
         let response: WriteResponse = self
             .call(group, epoch, deadline, |mut client, budget| {
@@ -697,6 +700,7 @@ impl Router {
 
     /// Applies one write operation on `key`, routed again if the map moved; fails with
     /// [`RouterError::ConditionFailed`] when its expected version did not match.
+    #[allow(clippy::too_many_arguments)]
     async fn write_one(
         &self,
         keyspace: &str,
@@ -705,12 +709,15 @@ impl Router {
         consistency: i32,
         expected: Option<u64>,
         deadline: Instant,
+        request_id: &Bytes,
     ) -> Result<(GroupId, WriteResult), RouterError> {
+        let base = base_request_id(request_id)?;
         let answers = self
-            .per_group(keyspace, &[key], deadline, |group, epoch, _| {
+            .per_group(keyspace, &[key], deadline, |group, epoch, positions| {
                 let op = op.clone();
+                let id = sub_request_id(&base, group, &positions);
                 async move {
-                    let results = self.write(group, epoch, vec![op], consistency, deadline);
+                    let results = self.write(group, epoch, vec![op], consistency, deadline, id);
                     Ok(results
                         .await?
                         .into_iter()
@@ -756,6 +763,7 @@ impl Router {
                 req.consistency,
                 req.expected_version,
                 deadline,
+                &req.request_id,
             )
             .await?;
         let mut token = SessionToken::default();
@@ -790,6 +798,7 @@ impl Router {
                 req.consistency,
                 req.expected_version,
                 deadline,
+                &req.request_id,
             )
             .await?;
         let mut token = SessionToken::default();
@@ -951,8 +960,10 @@ impl Router {
                 .map_err(RouterError::InvalidValue)?;
         }
         let keys: Vec<Bytes> = req.kvs.iter().map(|kv| kv.key.clone()).collect();
+        let base = base_request_id(&req.request_id)?;
         let versions = self
             .per_group(&req.keyspace, &keys, deadline, |group, epoch, positions| {
+                let id = sub_request_id(&base, group, &positions);
                 let ops = positions
                     .iter()
                     .map(|&i| WriteOp {
@@ -963,7 +974,7 @@ impl Router {
                         })),
                     })
                     .collect();
-                let write = self.write(group, epoch, ops, req.consistency, deadline);
+                let write = self.write(group, epoch, ops, req.consistency, deadline, id);
                 async move {
                     Ok(write
                         .await?
@@ -1046,6 +1057,7 @@ pub(crate) mod tests {
             value: Bytes::copy_from_slice(value.as_bytes()),
             consistency: 0,
             expected_version: expected,
+            ..Default::default()
         }
     }
 
@@ -1247,6 +1259,7 @@ pub(crate) mod tests {
             key: Bytes::from_static(b"c"),
             consistency: 0,
             expected_version: Some(v1),
+            ..Default::default()
         };
         assert!(router.delete(del, soon()).await.unwrap().existed);
         assert!(!router.get(get("c"), soon()).await.unwrap().found);
@@ -1298,6 +1311,7 @@ pub(crate) mod tests {
             keyspace: String::new(),
             kvs,
             consistency: 0,
+            ..Default::default()
         };
         let versions = router.batch_put(req, soon()).await.unwrap().versions;
         assert_eq!(versions.len(), 40);
@@ -1435,6 +1449,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             consistency: 0,
+            ..Default::default()
         };
         let versions = router.batch_put(req, soon()).await.unwrap().versions;
         assert_eq!(versions.len(), 4);
@@ -1590,4 +1605,31 @@ pub(crate) mod tests {
         assert_eq!(keys(&page), vec!["h", "i", "q", "z"]);
         assert_eq!(*cluster.shared.scans.lock().unwrap(), groups[1..].to_vec());
     }
+}
+
+/// Longest request id a client may send.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// The client's request id, or a fresh one when it sent none (which then covers only the
+/// router's own retries).
+fn base_request_id(client_id: &Bytes) -> Result<Bytes, RouterError> {
+    if client_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(RouterError::InvalidRequestId(client_id.len()));
+    }
+    if client_id.is_empty() {
+        return Ok(Bytes::from(rand::random::<[u8; 16]>().to_vec()));
+    }
+    Ok(client_id.clone())
+}
+
+/// The id of the part of a request that goes to `group`: a batch split over several groups is
+/// several writes, and after a map change the keys that moved form a new part with other
+/// positions, so both name the id.
+fn sub_request_id(base: &Bytes, group: GroupId, positions: &[usize]) -> Bytes {
+    let mut id = Vec::with_capacity(base.len() + 20);
+    id.extend_from_slice(base);
+    id.extend_from_slice(&group.to_be_bytes());
+    id.extend_from_slice(&(positions.first().copied().unwrap_or(0) as u64).to_be_bytes());
+    id.extend_from_slice(&(positions.len() as u32).to_be_bytes());
+    Bytes::from(id)
 }

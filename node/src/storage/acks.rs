@@ -131,13 +131,20 @@ mod tests {
         let mut mine = acks.register(5);
         let other_group = acks.register(6);
         let entries = [
-            entry(10, Request::Write { ops: ops() }),
+            entry(
+                10,
+                Request::Write {
+                    ops: ops(),
+                    dedup: None,
+                },
+            ),
             entry(
                 11,
                 Request::TrackedWrite {
                     origin: 2,
                     seq: mine.seq,
                     ops: ops(),
+                    dedup: None,
                 },
             ),
             entry(
@@ -146,6 +153,7 @@ mod tests {
                     origin: 1,
                     seq: mine.seq,
                     ops: ops(),
+                    dedup: None,
                 },
             ),
         ];

@@ -14,8 +14,8 @@ use sled::Transactional;
 use super::{read_err, ser, sto_err, Flusher};
 use crate::keys;
 use crate::types::{
-    Entry, GroupId, LogId, MapChangeRefused, Op, OpResult, Request, Response, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
+    Dedup, Entry, GroupId, LogId, MapChangeRefused, Op, OpResult, Request, Response, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig, DEDUP_WINDOW_MS,
 };
 
 /// What a snapshot holds: the applied state and every key with its stored value.
@@ -25,6 +25,9 @@ struct SnapshotBody {
     membership: StoredMembership,
     cluster_map: Option<serde_bytes::ByteBuf>,
     kvs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    /// The request ids still remembered, so that a replica restored from a snapshot also
+    /// answers retries instead of applying them twice.
+    dedup: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
 }
 
 /// A snapshot as kept on disk, so it survives restarts and can be sent to followers.
@@ -40,6 +43,7 @@ struct StoredSnapshot {
 pub struct GroupData {
     pub data: sled::Tree,
     sm: sled::Tree,
+    dedup: sled::Tree,
     applied: Arc<AtomicU64>,
     /// Bumped whenever the stored cluster map changes (meta group), so the node can reload it.
     map_changed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -89,11 +93,13 @@ impl StateMachine {
         };
         let data = open(keys::data_tree(group))?;
         let sm = open(keys::sm_tree(group))?;
+        let dedup = open(keys::dedup_tree(group))?;
         let mut me = StateMachine {
             group,
             shared: GroupData {
                 data,
                 sm,
+                dedup,
                 applied: Arc::new(AtomicU64::new(0)),
                 map_changed: Arc::new(tokio::sync::watch::channel(0).0),
             },
@@ -146,6 +152,25 @@ impl StateMachine {
         Ok((applied, membership))
     }
 
+    /// Forgets request ids older than `cutoff_ms` (the log's clock). Outside the apply
+    /// transaction: forgetting is idempotent, and an id only matters within the window.
+    fn forget_request_ids_before(&self, cutoff_ms: u64) -> Result<(), StorageError> {
+        let werr = |e: sled::Error| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e);
+        let end = keys::dedup_age_key(cutoff_ms, 0);
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.shared.dedup.range(&b"t"[..]..&end[..]) {
+            let (age_key, id) = item.map_err(werr)?;
+            batch.remove(keys::dedup_result_key(&id));
+            batch.remove(age_key);
+            n += 1;
+        }
+        if n > 0 {
+            self.shared.dedup.apply_batch(batch).map_err(werr)?;
+        }
+        Ok(())
+    }
+
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let raw = self
             .shared
@@ -171,6 +196,12 @@ impl StateMachine {
             batch.insert(k.into_vec(), v.into_vec());
         }
         self.shared.data.apply_batch(batch).map_err(werr)?;
+        self.shared.dedup.clear().map_err(werr)?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in body.dedup {
+            batch.insert(k.into_vec(), v.into_vec());
+        }
+        self.shared.dedup.apply_batch(batch).map_err(werr)?;
         sm.insert(keys::APPLIED, ser(&body.last_applied)?)
             .map_err(werr)?;
         sm.insert(keys::MEMBERSHIP, ser(&body.membership)?)
@@ -215,6 +246,35 @@ fn change_map(
         .map_err(|e| MapChangeRefused::Invalid(e.to_string()))?;
     let json = serde_json::to_vec(&next).map_err(|e| MapChangeRefused::Invalid(e.to_string()))?;
     Ok((next.epoch, json))
+}
+
+/// Applies a write's ops unless its request id was applied before, in which case the first
+/// result is returned again and nothing changes.
+fn apply_write(
+    data: &TransactionalTree,
+    dedup: &TransactionalTree,
+    ops: &[Op],
+    request: Option<&Dedup>,
+    index: u64,
+) -> Result<Vec<OpResult>, ConflictableTransactionError<()>> {
+    if let Some(r) = request {
+        if let Some(raw) = dedup.get(keys::dedup_result_key(&r.id))? {
+            if let Ok((_, results)) = bincode::deserialize::<(u64, Vec<OpResult>)>(&raw) {
+                return Ok(results);
+            }
+        }
+    }
+    let results = ops
+        .iter()
+        .map(|op| apply_op(data, op, index))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(r) = request {
+        let raw = bincode::serialize(&(r.at_ms, &results))
+            .map_err(|_| ConflictableTransactionError::Abort(()))?;
+        dedup.insert(keys::dedup_result_key(&r.id), raw)?;
+        dedup.insert(&keys::dedup_age_key(r.at_ms, index)[..], r.id.as_slice())?;
+    }
+    Ok(results)
 }
 
 /// Applies one op inside the apply transaction.
@@ -288,52 +348,57 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // disagreeing. The closure may run more than once on conflict: it must not have effects
         // outside the transaction.
         let result: Result<Vec<Response>, TransactionError<()>> =
-            (&self.shared.data, &self.shared.sm).transaction(|(data, sm)| {
-                let mut responses = Vec::with_capacity(entries.len());
-                for e in &entries {
-                    let resp = match &e.payload {
-                        EntryPayload::Blank | EntryPayload::Membership(_) => Response::None,
-                        EntryPayload::Normal(
-                            Request::Write { ops } | Request::TrackedWrite { ops, .. },
-                        ) => Response::Write(
-                            ops.iter()
-                                .map(|op| apply_op(data, op, e.log_id.index))
-                                .collect::<Result<_, _>>()?,
-                        ),
-                        EntryPayload::Normal(Request::ChangeMap {
-                            change_json,
-                            expected_epoch,
-                        }) => {
-                            let current = sm.get(keys::CLUSTER_MAP)?;
-                            let outcome =
-                                change_map(current.as_deref(), change_json, *expected_epoch);
-                            if let Ok((_, json)) = &outcome {
-                                sm.insert(keys::CLUSTER_MAP, json.as_slice())?;
+            (&self.shared.data, &self.shared.sm, &self.shared.dedup).transaction(
+                |(data, sm, dedup)| {
+                    let mut responses = Vec::with_capacity(entries.len());
+                    for e in &entries {
+                        let resp = match &e.payload {
+                            EntryPayload::Blank | EntryPayload::Membership(_) => Response::None,
+                            EntryPayload::Normal(
+                                Request::Write { ops, dedup: d }
+                                | Request::TrackedWrite { ops, dedup: d, .. },
+                            ) => Response::Write(apply_write(
+                                data,
+                                dedup,
+                                ops,
+                                d.as_ref(),
+                                e.log_id.index,
+                            )?),
+                            EntryPayload::Normal(Request::ChangeMap {
+                                change_json,
+                                expected_epoch,
+                            }) => {
+                                let current = sm.get(keys::CLUSTER_MAP)?;
+                                let outcome =
+                                    change_map(current.as_deref(), change_json, *expected_epoch);
+                                if let Ok((_, json)) = &outcome {
+                                    sm.insert(keys::CLUSTER_MAP, json.as_slice())?;
+                                }
+                                Response::MapChanged(outcome.map(|(epoch, _)| epoch))
                             }
-                            Response::MapChanged(outcome.map(|(epoch, _)| epoch))
-                        }
-                        EntryPayload::Normal(Request::SetClusterMap { epoch, map_json }) => {
-                            let current = sm
-                                .get(keys::CLUSTER_MAP)?
-                                .and_then(|raw| {
-                                    serde_json::from_slice::<shardmap::ClusterMap>(&raw).ok()
-                                })
-                                .map_or(0, |m| m.epoch);
-                            let stored = *epoch > current;
-                            if stored {
-                                sm.insert(keys::CLUSTER_MAP, map_json.as_slice())?;
+                            EntryPayload::Normal(Request::SetClusterMap { epoch, map_json }) => {
+                                let current = sm
+                                    .get(keys::CLUSTER_MAP)?
+                                    .and_then(|raw| {
+                                        serde_json::from_slice::<shardmap::ClusterMap>(&raw).ok()
+                                    })
+                                    .map_or(0, |m| m.epoch);
+                                let stored = *epoch > current;
+                                if stored {
+                                    sm.insert(keys::CLUSTER_MAP, map_json.as_slice())?;
+                                }
+                                Response::ClusterMap { stored }
                             }
-                            Response::ClusterMap { stored }
-                        }
-                    };
-                    responses.push(resp);
-                }
-                sm.insert(keys::APPLIED, applied_raw.as_slice())?;
-                if let Some(m) = &membership_raw {
-                    sm.insert(keys::MEMBERSHIP, m.as_slice())?;
-                }
-                Ok(responses)
-            });
+                        };
+                        responses.push(resp);
+                    }
+                    sm.insert(keys::APPLIED, applied_raw.as_slice())?;
+                    if let Some(m) = &membership_raw {
+                        sm.insert(keys::MEMBERSHIP, m.as_slice())?;
+                    }
+                    Ok(responses)
+                },
+            );
         let responses = result.map_err(|e| {
             sto_err(
                 ErrorSubject::Apply(last),
@@ -342,6 +407,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
         })?;
         self.shared.applied.store(last.index, Ordering::Release);
+        if let Some(now) = entries.iter().rev().find_map(|e| match &e.payload {
+            EntryPayload::Normal(
+                Request::Write { dedup: Some(d), .. }
+                | Request::TrackedWrite { dedup: Some(d), .. },
+            ) => Some(d.at_ms),
+            _ => None,
+        }) {
+            self.forget_request_ids_before(now.saturating_sub(DEDUP_WINDOW_MS))?;
+        }
         if responses.iter().any(|r| {
             matches!(
                 r,
@@ -373,11 +447,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     serde_bytes::ByteBuf::from(v.to_vec()),
                 ));
             }
+            let mut dedup = Vec::new();
+            for item in self.shared.dedup.iter() {
+                let (k, v) = item.map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+                dedup.push((
+                    serde_bytes::ByteBuf::from(k.to_vec()),
+                    serde_bytes::ByteBuf::from(v.to_vec()),
+                ));
+            }
             Ok(SnapshotBody {
                 last_applied,
                 membership,
                 cluster_map,
                 kvs,
+                dedup,
             })
         })();
         SnapshotBuilder {

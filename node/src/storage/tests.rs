@@ -22,3 +22,71 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
 fn openraft_storage_suite() -> Result<(), StorageError> {
     Suite::test_all(SledBuilder)
 }
+
+mod dedup {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::types::{Dedup, Entry, LogId, Op, Request, Response, DEDUP_WINDOW_MS};
+
+    fn put(index: u64, value: &str, id: Option<&str>, at_ms: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request::Write {
+                ops: vec![Op::Put {
+                    key: b"k".to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    expected_version: None,
+                }],
+                dedup: id.map(|id| Dedup {
+                    id: id.as_bytes().to_vec(),
+                    at_ms,
+                }),
+            }),
+        }
+    }
+
+    fn version(r: &Response) -> u64 {
+        match r {
+            Response::Write(results) => results[0].version,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_request_id_is_answered_not_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
+        let data = sm.data();
+        let t0 = 1_000_000;
+        let r = sm.apply([put(1, "a", Some("req-1"), t0)]).await.unwrap();
+        assert_eq!(version(&r[0]), 1);
+        let r = sm
+            .apply([put(2, "b", Some("req-2"), t0 + 1)])
+            .await
+            .unwrap();
+        assert_eq!(version(&r[0]), 2);
+        // The retry of req-1 arrives after req-2: it must not bring "a" back.
+        let r = sm
+            .apply([put(3, "a", Some("req-1"), t0 + 2)])
+            .await
+            .unwrap();
+        assert_eq!(version(&r[0]), 1, "the first result is returned again");
+        assert_eq!(data.get(b"k").unwrap(), Some((2, b"b".to_vec())));
+        // Writes without an id are never deduplicated.
+        sm.apply([put(4, "c", None, 0)]).await.unwrap();
+        sm.apply([put(5, "c", None, 0)]).await.unwrap();
+        assert_eq!(data.get(b"k").unwrap(), Some((5, b"c".to_vec())));
+        // Past the window, the id is forgotten.
+        sm.apply([put(6, "d", Some("req-3"), t0 + DEDUP_WINDOW_MS + 10)])
+            .await
+            .unwrap();
+        let r = sm
+            .apply([put(7, "a", Some("req-1"), t0 + DEDUP_WINDOW_MS + 11)])
+            .await
+            .unwrap();
+        assert_eq!(version(&r[0]), 7);
+    }
+}
