@@ -1006,6 +1006,33 @@ fn single<T>(answers: Vec<T>) -> Result<T, RouterError> {
         })
 }
 
+/// Longest request id a client may send.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// The client's request id, or a fresh one when it sent none (which then covers only the
+/// router's own retries).
+fn base_request_id(client_id: &Bytes) -> Result<Bytes, RouterError> {
+    if client_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(RouterError::InvalidRequestId(client_id.len()));
+    }
+    if client_id.is_empty() {
+        return Ok(Bytes::from(rand::random::<[u8; 16]>().to_vec()));
+    }
+    Ok(client_id.clone())
+}
+
+/// The id of the part of a request that goes to `group`: a batch split over several groups is
+/// several writes, and after a map change the keys that moved form a new part with other
+/// positions, so both name the id.
+fn sub_request_id(base: &Bytes, group: GroupId, positions: &[usize]) -> Bytes {
+    let mut id = Vec::with_capacity(base.len() + 20);
+    id.extend_from_slice(base);
+    id.extend_from_slice(&group.to_be_bytes());
+    id.extend_from_slice(&(positions.first().copied().unwrap_or(0) as u64).to_be_bytes());
+    id.extend_from_slice(&(positions.len() as u32).to_be_bytes());
+    Bytes::from(id)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::Duration;
@@ -1605,31 +1632,4 @@ pub(crate) mod tests {
         assert_eq!(keys(&page), vec!["h", "i", "q", "z"]);
         assert_eq!(*cluster.shared.scans.lock().unwrap(), groups[1..].to_vec());
     }
-}
-
-/// Longest request id a client may send.
-pub const MAX_REQUEST_ID_BYTES: usize = 64;
-
-/// The client's request id, or a fresh one when it sent none (which then covers only the
-/// router's own retries).
-fn base_request_id(client_id: &Bytes) -> Result<Bytes, RouterError> {
-    if client_id.len() > MAX_REQUEST_ID_BYTES {
-        return Err(RouterError::InvalidRequestId(client_id.len()));
-    }
-    if client_id.is_empty() {
-        return Ok(Bytes::from(rand::random::<[u8; 16]>().to_vec()));
-    }
-    Ok(client_id.clone())
-}
-
-/// The id of the part of a request that goes to `group`: a batch split over several groups is
-/// several writes, and after a map change the keys that moved form a new part with other
-/// positions, so both name the id.
-fn sub_request_id(base: &Bytes, group: GroupId, positions: &[usize]) -> Bytes {
-    let mut id = Vec::with_capacity(base.len() + 20);
-    id.extend_from_slice(base);
-    id.extend_from_slice(&group.to_be_bytes());
-    id.extend_from_slice(&(positions.first().copied().unwrap_or(0) as u64).to_be_bytes());
-    id.extend_from_slice(&(positions.len() as u32).to_be_bytes());
-    Bytes::from(id)
 }
