@@ -277,3 +277,56 @@ async fn kvctl_dev_runs_a_cluster_until_ctrl_c() {
     .unwrap_or_else(|e| panic!("{e}: still running {:?} {diag}", pids_mentioning(&dir_text)));
     drop(guard);
 }
+
+/// `kvctl bench -o json` prints one object with the contract's fields. The shape, never the
+/// speed: these machines are shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_bench_prints_the_contract_fields() {
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let diag = cluster.diag();
+    for workload in ["put", "get-strong", "get-eventual", "mixed"] {
+        let out = cluster
+            .kvctl([
+                "bench",
+                "--workload",
+                workload,
+                "--concurrency",
+                "4",
+                "--duration",
+                "1s",
+                "--keys",
+                "50",
+                "--value-size",
+                "16",
+                "-o",
+                "json",
+            ])
+            .await
+            .unwrap();
+        expect_exit(workload, &out, 0, &diag);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{workload}: not JSON ({e}): {:?}", text(&out.stdout)));
+        for field in ["ops_per_s", "p50_us", "p99_us", "p999_us", "errors"] {
+            assert!(
+                report[field].is_number(),
+                "{workload}: field {field} missing or not a number in {report}"
+            );
+        }
+        assert!(
+            report["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{workload}: {report}"
+        );
+        assert!(
+            report["p50_us"].as_u64() <= report["p99_us"].as_u64()
+                && report["p99_us"].as_u64() <= report["p999_us"].as_u64(),
+            "{workload}: percentiles out of order in {report}"
+        );
+    }
+    let out = cluster
+        .kvctl(["bench", "--concurrency", "0", "--duration", "1s"])
+        .await
+        .unwrap();
+    expect_exit("bench --concurrency 0", &out, 1, &diag);
+}
