@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 
 use crate::types::{GroupId, MapChangeRefused, NodeId};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
     #[error("shard group {0} is not hosted on this node")]
     UnknownGroup(GroupId),

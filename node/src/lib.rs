@@ -2,6 +2,7 @@
 //!
 //! - [`node`]: the runtime: configuration, hosted groups, bootstrap, reads and writes.
 //! - [`service`]: the gRPC services (data RPCs per group, the Raft transport).
+//! - [`read_index`]: read-index rounds shared by concurrent strong reads.
 //! - [`network`]: the outgoing multi-raft transport, one connection per peer node.
 //! - [`storage`]: the sled log store, state machine and group-commit flusher.
 //! - [`keys`]: the on-disk layout.
@@ -19,6 +20,7 @@ pub mod http;
 pub mod keys;
 pub mod network;
 pub mod node;
+pub mod read_index;
 pub mod service;
 pub mod storage;
 pub mod types;

@@ -22,6 +22,7 @@ use crate::error::NodeError;
 use crate::freshness::{within_staleness, Freshness};
 use crate::keys;
 use crate::network::{GroupNetwork, PeerPool};
+use crate::read_index::ReadIndexRounds;
 use crate::storage::{DurableAcks, Flusher, GroupData, LogStore, StateMachine};
 use crate::types::{Dedup, GroupId, NodeId, Op, OpResult, Raft, Request, Response};
 
@@ -84,6 +85,8 @@ pub struct Group {
     pub data: GroupData,
     /// When this replica last heard from its leader, or (leading) from a quorum.
     pub freshness: Arc<Freshness>,
+    /// Read-index rounds shared by concurrent strong reads.
+    pub reads: Arc<ReadIndexRounds<NodeError>>,
 }
 
 /// The node's current cluster map, compiled, with its JSON form for serving.
@@ -405,6 +408,7 @@ impl Node {
             raft,
             data,
             freshness,
+            reads: Arc::default(),
         });
         self.groups
             .write()
@@ -692,28 +696,17 @@ impl Node {
     }
 
     /// Waits until a read on this replica is linearizable: it is the leader, a quorum agrees,
-    /// and it has applied up to the read index.
+    /// and it has applied up to the read index. Concurrent reads share a round that started
+    /// after each of them arrived ([`ReadIndexRounds`]).
     pub async fn linearizable(&self, group: &Group) -> Result<(), NodeError> {
-        let res = tokio::time::timeout(self.request_timeout, group.raft.ensure_linearizable())
+        let (raft, id, timeout) = (group.raft.clone(), group.id, self.request_timeout);
+        group
+            .reads
+            .confirm(
+                move || read_index_round(raft, id, timeout),
+                move || NodeError::Fatal(format!("the read-index round of group {id} died")),
+            )
             .await
-            .map_err(|_| NodeError::NoQuorum {
-                group: group.id,
-                reason: format!("leadership not confirmed within {:?}", self.request_timeout),
-            })?;
-        match res {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(NodeError::NotLeader {
-                    group: group.id,
-                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(NodeError::NoQuorum {
-                group: group.id,
-                reason: e.to_string(),
-            }),
-            Err(RaftError::Fatal(e)) => Err(NodeError::Fatal(e.to_string())),
-        }
     }
 
     /// Stops every group and flushes the database.
@@ -748,6 +741,30 @@ async fn track_quorum_acks(
                 .and_then(|ms| std::time::Instant::now().checked_sub(Duration::from_millis(ms)));
             freshness.quorum_acked(at);
         }
+    }
+}
+
+/// One read-index round: leadership confirmed by a quorum and applied up to the read index.
+async fn read_index_round(raft: Raft, group: GroupId, timeout: Duration) -> Result<(), NodeError> {
+    let res = tokio::time::timeout(timeout, raft.ensure_linearizable())
+        .await
+        .map_err(|_| NodeError::NoQuorum {
+            group,
+            reason: format!("leadership not confirmed within {timeout:?}"),
+        })?;
+    match res {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(NodeError::NotLeader {
+                group,
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            })
+        }
+        Err(RaftError::APIError(e)) => Err(NodeError::NoQuorum {
+            group,
+            reason: e.to_string(),
+        }),
+        Err(RaftError::Fatal(e)) => Err(NodeError::Fatal(e.to_string())),
     }
 }
 
