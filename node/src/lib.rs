@@ -3,6 +3,7 @@
 //! - [`node`]: the runtime: configuration, hosted groups, bootstrap, reads and writes.
 //! - [`service`]: the gRPC services (data RPCs per group, the Raft transport).
 //! - [`read_index`]: read-index rounds shared by concurrent strong reads.
+//! - [`write_batch`]: strong writes gathered into shared Raft entries.
 //! - [`network`]: the outgoing multi-raft transport, one connection per peer node.
 //! - [`storage`]: the sled log store, state machine and group-commit flusher.
 //! - [`keys`]: the on-disk layout.
@@ -24,6 +25,7 @@ pub mod read_index;
 pub mod service;
 pub mod storage;
 pub mod types;
+pub mod write_batch;
 
 use kv_proto::node::node_server::NodeServer;
 use kv_proto::node::raft_server::RaftServer;

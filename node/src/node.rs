@@ -24,7 +24,8 @@ use crate::keys;
 use crate::network::{GroupNetwork, PeerPool};
 use crate::read_index::ReadIndexRounds;
 use crate::storage::{DurableAcks, Flusher, GroupData, LogStore, StateMachine};
-use crate::types::{Dedup, GroupId, NodeId, Op, OpResult, Raft, Request, Response};
+use crate::types::{Dedup, GroupId, NodeId, Op, OpResult, Raft, Request, Response, SubWrite};
+use crate::write_batch::{Submitted, WriteBatches};
 
 /// The longest an eventual read waits for its replica to catch up with the session token
 /// before refusing with `LAGGING` (the router then tries another replica).
@@ -87,6 +88,8 @@ pub struct Group {
     pub freshness: Arc<Freshness>,
     /// Read-index rounds shared by concurrent strong reads.
     pub reads: Arc<ReadIndexRounds<NodeError>>,
+    /// Strong writes gathered into shared Raft entries.
+    pub writes: Arc<WriteBatches<SubWrite, Vec<OpResult>, NodeError>>,
 }
 
 /// The node's current cluster map, compiled, with its JSON form for serving.
@@ -409,6 +412,7 @@ impl Node {
             data,
             freshness,
             reads: Arc::default(),
+            writes: Arc::default(),
         });
         self.groups
             .write()
@@ -541,6 +545,52 @@ impl Node {
             }
             Err(RaftError::APIError(e)) => Err(NodeError::BadRequest(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(NodeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// A strong write: committed by a quorum and applied, sharing its Raft entry with the
+    /// strong writes that reached this leader at the same time ([`WriteBatches`]).
+    pub async fn write_strong(
+        self: &Arc<Self>,
+        group: &Arc<Group>,
+        write: SubWrite,
+    ) -> Result<Vec<OpResult>, NodeError> {
+        let (node, g) = (self.clone(), group.clone());
+        let id = group.id;
+        let keys = write.ops.iter().map(|op| op.key().to_vec()).collect();
+        let submitted = group
+            .writes
+            .submit(
+                write,
+                keys,
+                move |writes| async move { node.propose_writes(&g, writes).await },
+                move || NodeError::Fatal(format!("a write batch of group {id} died")),
+            )
+            .await;
+        match submitted {
+            Submitted::Done(result) => result,
+            // Another write of the same key is gathering: an entry of its own keeps the two
+            // versions apart.
+            Submitted::Conflict(write) => {
+                let mut results = self.propose_writes(group, vec![write]).await?;
+                results
+                    .pop()
+                    .ok_or_else(|| NodeError::Storage("a write entry returned no results".into()))
+            }
+        }
+    }
+
+    async fn propose_writes(
+        &self,
+        group: &Group,
+        writes: Vec<SubWrite>,
+    ) -> Result<Vec<Vec<OpResult>>, NodeError> {
+        let count = writes.len();
+        match self.write(group, Request::Writes { writes }).await? {
+            Response::Writes(results) if results.len() == count => Ok(results),
+            other => Err(NodeError::Storage(format!(
+                "unexpected apply result {other} for {count} writes"
+            ))),
         }
     }
 

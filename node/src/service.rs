@@ -26,10 +26,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::error::NodeError;
 use crate::keys;
 use crate::node::{Group, Node};
-use crate::types::{
-    Dedup, NodeId, Op, Request as Command, Response as CommandResponse, TypeConfig,
-    MAX_REQUEST_ID_BYTES,
-};
+use crate::types::{Dedup, NodeId, Op, SubWrite, TypeConfig, MAX_REQUEST_ID_BYTES};
 
 /// Scan results per group when the request sets no limit, and the most it may ask for.
 pub const DEFAULT_SCAN_LIMIT: usize = 1_000;
@@ -144,18 +141,9 @@ impl NodeApi for NodeService {
         // A conditional write's outcome is only known at apply: always strong.
         let conditional = ops.iter().any(Op::is_conditional);
         let results = if strong(req.consistency) || conditional {
-            match self
-                .node
-                .write(&group, Command::Write { ops, dedup })
+            self.node
+                .write_strong(&group, SubWrite { ops, dedup })
                 .await?
-            {
-                CommandResponse::Write(r) => r,
-                other => {
-                    return Err(
-                        NodeError::Storage(format!("unexpected apply result {other}")).into(),
-                    )
-                }
-            }
         } else {
             self.node.write_eventual(&group, ops, dedup).await?
         };

@@ -94,6 +94,17 @@ pub enum Request {
         ops: Vec<Op>,
         dedup: Option<Dedup>,
     },
+    /// Several strong writes that reached the leader together, applied in order in one entry:
+    /// one Raft round, one log append and one apply transaction for all of them. Each keeps its
+    /// own request id and results.
+    Writes { writes: Vec<SubWrite> },
+}
+
+/// One client write inside a [`Request::Writes`] batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubWrite {
+    pub ops: Vec<Op>,
+    pub dedup: Option<Dedup>,
 }
 
 /// Names a write so that its group applies it at most once: a retry after an unknown outcome
@@ -121,6 +132,7 @@ impl fmt::Display for Request {
         match self {
             Request::Write { ops, .. } => write!(f, "write({} ops)", ops.len()),
             Request::TrackedWrite { ops, .. } => write!(f, "tracked_write({} ops)", ops.len()),
+            Request::Writes { writes } => write!(f, "writes({} writes)", writes.len()),
             Request::SetClusterMap { epoch, .. } => write!(f, "set_cluster_map(epoch {epoch})"),
             Request::ChangeMap { expected_epoch, .. } => {
                 write!(f, "change_map(expected epoch {expected_epoch})")
@@ -150,6 +162,8 @@ pub enum Response {
     ClusterMap {
         stored: bool,
     },
+    /// The results of a [`Request::Writes`], one list per write, in order.
+    Writes(Vec<Vec<OpResult>>),
     /// The outcome of a [`Request::ChangeMap`]: the new epoch, or why nothing changed.
     MapChanged(Result<u64, MapChangeRefused>),
 }
@@ -175,6 +189,7 @@ impl fmt::Display for Response {
         match self {
             Response::None => f.write_str("none"),
             Response::Write(r) => write!(f, "write({} results)", r.len()),
+            Response::Writes(r) => write!(f, "writes({} writes)", r.len()),
             Response::ClusterMap { stored } => write!(f, "cluster_map(stored: {stored})"),
             Response::MapChanged(r) => write!(f, "map_changed({r:?})"),
         }

@@ -354,6 +354,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     for e in &entries {
                         let resp = match &e.payload {
                             EntryPayload::Blank | EntryPayload::Membership(_) => Response::None,
+                            EntryPayload::Normal(Request::Writes { writes }) => Response::Writes(
+                                writes
+                                    .iter()
+                                    .map(|w| {
+                                        apply_write(
+                                            data,
+                                            dedup,
+                                            &w.ops,
+                                            w.dedup.as_ref(),
+                                            e.log_id.index,
+                                        )
+                                    })
+                                    .collect::<Result<_, _>>()?,
+                            ),
                             EntryPayload::Normal(
                                 Request::Write { ops, dedup: d }
                                 | Request::TrackedWrite { ops, dedup: d, .. },

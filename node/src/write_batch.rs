@@ -1,0 +1,231 @@
+//! Group commit above Raft: strong writes that reach a group's leader together share one Raft
+//! entry.
+//!
+//! Every Raft entry costs a log append on each replica, a replication round and an apply
+//! transaction, whatever it carries; on these machines that per-entry cost, not the bytes, is
+//! what limits write throughput. So a group lets a few batches be in flight at once and, while
+//! they all are, gathers the writes that arrive into the next batch, which is proposed as one
+//! [`crate::types::Request::Writes`] entry as soon as a slot frees. Each write keeps its own
+//! request id and results; a batch's failure (not the leader, no quorum) is every member's.
+//!
+//! A key's version is the log index of the entry that wrote it, so two writes of one key must
+//! never share an entry: both would get the same version, and a compare-and-swap on it could
+//! succeed against the other write's value (the linearizability checker caught exactly that).
+//! A write touching a key already in the gathering batch is handed back to be proposed alone.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{oneshot, Semaphore};
+
+/// Batches in flight per group. More overlap Raft rounds; fewer make bigger batches.
+pub const IN_FLIGHT: usize = 4;
+
+type Waiter<R, E> = oneshot::Sender<Result<R, E>>;
+/// The writes of a batch not proposed yet, each with the one waiting for its result, and the
+/// keys they touch.
+struct Gathered<W, R, E> {
+    writes: Vec<(W, Waiter<R, E>)>,
+    keys: HashSet<Vec<u8>>,
+}
+
+/// What [`WriteBatches::submit`] did with a write.
+pub enum Submitted<W, R, E> {
+    /// The write went into a batch; this is its result.
+    Done(Result<R, E>),
+    /// The gathering batch already touches one of its keys: propose it on its own.
+    Conflict(W),
+}
+
+/// One group's write batches.
+pub struct WriteBatches<W, R, E> {
+    /// The batch gathering writes, not proposed yet. `None`: the next write opens one.
+    // std Mutex: held only to push to or take the batch, never across an await.
+    gathering: Mutex<Option<Gathered<W, R, E>>>,
+    slots: Arc<Semaphore>,
+}
+
+impl<W, R, E> Default for WriteBatches<W, R, E> {
+    fn default() -> Self {
+        WriteBatches {
+            gathering: Mutex::new(None),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+        }
+    }
+}
+
+impl<W, R, E> WriteBatches<W, R, E>
+where
+    W: Send + 'static,
+    R: Send + 'static,
+    E: Clone + Send + 'static,
+{
+    /// Adds `write` (touching `keys`) to the gathering batch and waits for its result, or hands
+    /// it back when the batch already touches one of its keys. The caller that opens a
+    /// batch supplies `propose`, which runs in its own task (a cancelled request must not
+    /// strand the others) once a slot is free, with every write gathered until then, and must
+    /// return one result per write, in order. A batch that dies without answering (a panic)
+    /// answers `lost()`.
+    pub async fn submit<F, Fut>(
+        self: &Arc<Self>,
+        write: W,
+        keys: Vec<Vec<u8>>,
+        propose: F,
+        lost: impl FnOnce() -> E,
+    ) -> Submitted<W, R, E>
+    where
+        F: FnOnce(Vec<W>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, E>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let opened = {
+            let mut gathering = self.gathering.lock().unwrap_or_else(|p| p.into_inner());
+            match &mut *gathering {
+                Some(batch) => {
+                    if keys.iter().any(|k| batch.keys.contains(k)) {
+                        return Submitted::Conflict(write);
+                    }
+                    batch.keys.extend(keys);
+                    batch.writes.push((write, tx));
+                    false
+                }
+                None => {
+                    *gathering = Some(Gathered {
+                        writes: vec![(write, tx)],
+                        keys: keys.into_iter().collect(),
+                    });
+                    true
+                }
+            }
+        };
+        if opened {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let Ok(_slot) = me.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(batch) = me
+                    .gathering
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                else {
+                    return;
+                };
+                let (writes, waiters): (Vec<W>, Vec<Waiter<R, E>>) =
+                    batch.writes.into_iter().unzip();
+                match propose(writes).await {
+                    Ok(results) => {
+                        for (waiter, result) in waiters.into_iter().zip(results) {
+                            let _ = waiter.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        for waiter in waiters {
+                            let _ = waiter.send(Err(e.clone()));
+                        }
+                    }
+                }
+            });
+        }
+        Submitted::Done(rx.await.unwrap_or_else(|_| Err(lost())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn concurrent_writes_share_batches_and_get_their_own_results() {
+        let batches: Arc<WriteBatches<u32, u32, String>> = Arc::default();
+        let proposals = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let (batches, proposals) = (batches.clone(), proposals.clone());
+            tasks.push(tokio::spawn(async move {
+                let got = batches
+                    .submit(
+                        i,
+                        vec![i.to_be_bytes().to_vec()],
+                        move |writes: Vec<u32>| async move {
+                            proposals.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            Ok(writes.into_iter().map(|w| w * 2).collect())
+                        },
+                        || "lost".to_string(),
+                    )
+                    .await;
+                let Submitted::Done(got) = got else {
+                    panic!("distinct keys never conflict");
+                };
+                assert_eq!(got, Ok(i * 2));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let n = proposals.load(Ordering::SeqCst);
+        assert!((1..200).contains(&n), "200 writes took {n} proposals");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_member() {
+        let batches: Arc<WriteBatches<u32, u32, String>> = Arc::default();
+        let got = batches
+            .submit(
+                1,
+                vec![b"k".to_vec()],
+                |_| async { Err("no quorum".to_string()) },
+                || "lost".to_string(),
+            )
+            .await;
+        assert!(matches!(got, Submitted::Done(Err(e)) if e == "no quorum"));
+    }
+
+    #[tokio::test]
+    async fn a_second_write_of_a_key_in_the_gathering_batch_is_handed_back() {
+        let batches: Arc<WriteBatches<u32, u32, String>> = Arc::default();
+        // Hold every slot, so the first batch keeps gathering.
+        let _slots: Vec<_> = (0..IN_FLIGHT)
+            .map(|_| batches.slots.clone().try_acquire_owned().unwrap())
+            .collect();
+        let first = {
+            let batches = batches.clone();
+            tokio::spawn(async move {
+                let _ = batches
+                    .submit(
+                        1,
+                        vec![b"k".to_vec()],
+                        |w| async move { Ok(w) },
+                        || "lost".into(),
+                    )
+                    .await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = batches
+            .submit(
+                2,
+                vec![b"k".to_vec()],
+                |w| async move { Ok(w) },
+                || "lost".into(),
+            )
+            .await;
+        assert!(matches!(second, Submitted::Conflict(2)));
+        let other_key = batches.submit(
+            3,
+            vec![b"j".to_vec()],
+            |w| async move { Ok(w) },
+            || "lost".into(),
+        );
+        // A different key joins the gathering batch (and waits with it).
+        assert!(tokio::time::timeout(Duration::from_millis(50), other_key)
+            .await
+            .is_err());
+        first.abort();
+    }
+}
