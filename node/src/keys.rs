@@ -5,10 +5,10 @@
 //! | tree | key | value |
 //! | --- | --- | --- |
 //! | `g{id}.log` | log index, u64 big-endian (so iteration is numeric) | bincode `Entry` |
-//! | `g{id}.raft` | `vote`, `committed`, `purged` | bincode `Vote` / `Option<LogId>` / `LogId` |
+//! | `g{id}.raft` | `vote`, `purged` | bincode `Vote` / `LogId` |
 //! | `g{id}.data` | the user key | version (u64 big-endian) then the value bytes |
 //! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map` | bincode |
-//! | `g{id}.dedup` | `r` + request id; `t` + at_ms + index (u64 big-endian each) | (at_ms, results); the id |
+//! | `g{id}.dedup` | `r` + request id; `t` + at_ms + index (u64 big-endian each) | (at_ms, results); the entry's ids |
 //!
 //! The node tree `node` holds `config`: the bootstrap configuration (JSON) written on first
 //! start, so that a restart from the data dir ignores changed flags, and `map`: the newest
@@ -22,7 +22,6 @@ pub const NODE_CONFIG: &[u8] = b"config";
 pub const NODE_MAP: &[u8] = b"map";
 
 pub const VOTE: &[u8] = b"vote";
-pub const COMMITTED: &[u8] = b"committed";
 pub const PURGED: &[u8] = b"purged";
 
 pub const APPLIED: &[u8] = b"applied";
@@ -44,7 +43,8 @@ pub fn data_tree(group: GroupId) -> String {
 }
 
 /// Request ids a group has applied: `r` + id → bincode (at_ms, results); `t` + at_ms + log
-/// index (both u64 big-endian) → id, the index by age used to forget old ids.
+/// index (both u64 big-endian) → bincode list of the entry's ids, the index by age used to
+/// forget old ids (one record per entry, however many writes it carries).
 pub fn dedup_tree(group: GroupId) -> String {
     format!("g{group}.dedup")
 }

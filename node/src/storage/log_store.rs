@@ -137,17 +137,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(keys::VOTE, ErrorSubject::Vote)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed on its own: it rides along with the next group commit, and losing it
-        // only means re-applying committed entries after a restart.
-        self.put_meta(keys::COMMITTED, &committed, ErrorSubject::Store)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .get_meta::<Option<LogId>>(keys::COMMITTED, ErrorSubject::Store)?
-            .flatten())
-    }
+    // save_committed / read_committed keep openraft's defaults (not persisted): writing the
+    // commit index cost a sled insert per entry on every replica, and losing it only means a
+    // restarted replica applies committed entries after it hears from the leader.
 
     async fn append<I>(
         &mut self,

@@ -160,8 +160,12 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for item in self.shared.dedup.range(&b"t"[..]..&end[..]) {
-            let (age_key, id) = item.map_err(werr)?;
-            batch.remove(keys::dedup_result_key(&id));
+            let (age_key, raw) = item.map_err(werr)?;
+            let ids: Vec<serde_bytes::ByteBuf> =
+                bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+            for id in ids {
+                batch.remove(keys::dedup_result_key(&id));
+            }
             batch.remove(age_key);
             n += 1;
         }
@@ -272,9 +276,24 @@ fn apply_write(
         let raw = bincode::serialize(&(r.at_ms, &results))
             .map_err(|_| ConflictableTransactionError::Abort(()))?;
         dedup.insert(keys::dedup_result_key(&r.id), raw)?;
-        dedup.insert(&keys::dedup_age_key(r.at_ms, index)[..], r.id.as_slice())?;
     }
     Ok(results)
+}
+
+/// The request ids an entry carries, with the latest of their clocks: recorded once per entry
+/// under one age key, so that they are forgotten together.
+fn request_ids(payload: &EntryPayload<TypeConfig>) -> Option<(u64, Vec<&[u8]>)> {
+    let dedups: Vec<&Dedup> = match payload {
+        EntryPayload::Normal(
+            Request::Write { dedup: Some(d), .. } | Request::TrackedWrite { dedup: Some(d), .. },
+        ) => vec![d],
+        EntryPayload::Normal(Request::Writes { writes }) => {
+            writes.iter().filter_map(|w| w.dedup.as_ref()).collect()
+        }
+        _ => Vec::new(),
+    };
+    let at = dedups.iter().map(|d| d.at_ms).max()?;
+    Some((at, dedups.iter().map(|d| d.id.as_slice()).collect()))
 }
 
 /// Applies one op inside the apply transaction.
@@ -404,6 +423,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 Response::ClusterMap { stored }
                             }
                         };
+                        if let Some((at, ids)) = request_ids(&e.payload) {
+                            let raw = bincode::serialize(&ids)
+                                .map_err(|_| ConflictableTransactionError::Abort(()))?;
+                            dedup.insert(&keys::dedup_age_key(at, e.log_id.index)[..], raw)?;
+                        }
                         responses.push(resp);
                     }
                     sm.insert(keys::APPLIED, applied_raw.as_slice())?;

@@ -89,4 +89,44 @@ mod dedup {
             .unwrap();
         assert_eq!(version(&r[0]), 7);
     }
+
+    #[tokio::test]
+    async fn every_write_of_a_batch_entry_is_remembered_and_forgotten() {
+        use crate::types::SubWrite;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
+        let sub = |key: &str, id: &str, at_ms: u64| SubWrite {
+            ops: vec![Op::Put {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                expected_version: None,
+            }],
+            dedup: Some(Dedup {
+                id: id.as_bytes().to_vec(),
+                at_ms,
+            }),
+        };
+        let batch = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Request::Writes {
+                writes: vec![sub("a", "id-a", 1_000), sub("b", "id-b", 1_000)],
+            }),
+        };
+        sm.apply([batch]).await.unwrap();
+        for (i, id) in [(2, "id-a"), (3, "id-b")] {
+            let r = sm.apply([put(i, "x", Some(id), 1_001)]).await.unwrap();
+            assert_eq!(version(&r[0]), 1, "{id} is answered from the table");
+        }
+        sm.apply([put(4, "y", Some("later"), 1_000 + DEDUP_WINDOW_MS + 1)])
+            .await
+            .unwrap();
+        for (i, id) in [(5, "id-a"), (6, "id-b")] {
+            let r = sm
+                .apply([put(i, "x", Some(id), 1_000 + DEDUP_WINDOW_MS + 2)])
+                .await
+                .unwrap();
+            assert_eq!(version(&r[0]), i, "{id} was forgotten with its entry");
+        }
+    }
 }
