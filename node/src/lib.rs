@@ -2,8 +2,8 @@
 //!
 //! - [`node`]: the runtime: configuration, hosted groups, bootstrap, reads and writes.
 //! - [`service`]: the gRPC services (data RPCs per group, the Raft transport).
-//! - [`read_index`]: read-index rounds shared by concurrent strong reads.
-//! - [`write_batch`]: strong writes gathered into shared Raft entries.
+//! - [`batch`]: concurrent requests of a group gathered into shared rounds (strong writes
+//!   into Raft entries, strong reads into read-index rounds).
 //! - [`network`]: the outgoing multi-raft transport, one connection per peer node.
 //! - [`storage`]: the sled log store, state machine and group-commit flusher.
 //! - [`keys`]: the on-disk layout.
@@ -15,17 +15,16 @@
 // openraft's StorageError is large and is the error type its traits demand.
 #![allow(clippy::result_large_err)]
 
+pub mod batch;
 pub mod error;
 pub mod freshness;
 pub mod http;
 pub mod keys;
 pub mod network;
 pub mod node;
-pub mod read_index;
 pub mod service;
 pub mod storage;
 pub mod types;
-pub mod write_batch;
 
 use kv_proto::node::node_server::NodeServer;
 use kv_proto::node::raft_server::RaftServer;

@@ -18,14 +18,13 @@ use shardmap::{ClusterMap, CompiledMap, Limits, META_GROUP};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{Batches, Submitted, READS_IN_FLIGHT, WRITES_IN_FLIGHT};
 use crate::error::NodeError;
 use crate::freshness::{within_staleness, Freshness};
 use crate::keys;
 use crate::network::{GroupNetwork, PeerPool};
-use crate::read_index::ReadIndexRounds;
 use crate::storage::{DurableAcks, Flusher, GroupData, LogStore, StateMachine};
 use crate::types::{Dedup, GroupId, NodeId, Op, OpResult, Raft, Request, Response, SubWrite};
-use crate::write_batch::{Submitted, WriteBatches};
 
 /// The longest an eventual read waits for its replica to catch up with the session token
 /// before refusing with `LAGGING` (the router then tries another replica).
@@ -87,9 +86,9 @@ pub struct Group {
     /// When this replica last heard from its leader, or (leading) from a quorum.
     pub freshness: Arc<Freshness>,
     /// Read-index rounds shared by concurrent strong reads.
-    pub reads: Arc<ReadIndexRounds<NodeError>>,
+    pub reads: Arc<Batches<(), (), NodeError>>,
     /// Strong writes gathered into shared Raft entries.
-    pub writes: Arc<WriteBatches<SubWrite, Vec<OpResult>, NodeError>>,
+    pub writes: Arc<Batches<SubWrite, Vec<OpResult>, NodeError>>,
 }
 
 /// The node's current cluster map, compiled, with its JSON form for serving.
@@ -411,8 +410,8 @@ impl Node {
             raft,
             data,
             freshness,
-            reads: Arc::default(),
-            writes: Arc::default(),
+            reads: Arc::new(Batches::new(READS_IN_FLIGHT)),
+            writes: Arc::new(Batches::new(WRITES_IN_FLIGHT)),
         });
         self.groups
             .write()
@@ -549,7 +548,7 @@ impl Node {
     }
 
     /// A strong write: committed by a quorum and applied, sharing its Raft entry with the
-    /// strong writes that reached this leader at the same time ([`WriteBatches`]).
+    /// strong writes that reached this leader at the same time ([`Batches`]).
     pub async fn write_strong(
         self: &Arc<Self>,
         group: &Arc<Group>,
@@ -747,16 +746,28 @@ impl Node {
 
     /// Waits until a read on this replica is linearizable: it is the leader, a quorum agrees,
     /// and it has applied up to the read index. Concurrent reads share a round that started
-    /// after each of them arrived ([`ReadIndexRounds`]).
+    /// after each of them arrived ([`Batches`]).
     pub async fn linearizable(&self, group: &Group) -> Result<(), NodeError> {
         let (raft, id, timeout) = (group.raft.clone(), group.id, self.request_timeout);
-        group
+        let submitted = group
             .reads
-            .confirm(
-                move || read_index_round(raft, id, timeout),
+            .submit(
+                (),
+                Vec::new(),
+                move |reads| async move {
+                    read_index_round(raft, id, timeout).await?;
+                    Ok(vec![(); reads.len()])
+                },
                 move || NodeError::Fatal(format!("the read-index round of group {id} died")),
             )
-            .await
+            .await;
+        match submitted {
+            Submitted::Done(result) => result,
+            // Reads name no keys, so they never conflict; a round of its own would still do.
+            Submitted::Conflict(()) => {
+                read_index_round(group.raft.clone(), id, self.request_timeout).await
+            }
+        }
     }
 
     /// Stops every group and flushes the database.

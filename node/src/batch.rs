@@ -1,17 +1,22 @@
-//! Group commit above Raft: strong writes that reach a group's leader together share one Raft
-//! entry.
+//! Gathering concurrent requests of one group into shared rounds: strong writes into shared
+//! Raft entries, strong reads into shared read-index rounds.
 //!
-//! Every Raft entry costs a log append on each replica, a replication round and an apply
-//! transaction, whatever it carries; on these machines that per-entry cost, not the bytes, is
-//! what limits write throughput. So a group lets a few batches be in flight at once and, while
-//! they all are, gathers the writes that arrive into the next batch, which is proposed as one
-//! [`crate::types::Request::Writes`] entry as soon as a slot frees. Each write keeps its own
-//! request id and results; a batch's failure (not the leader, no quorum) is every member's.
+//! A group lets a fixed number of rounds run at once and, while they all do, gathers the
+//! requests that arrive into the next round, which starts as soon as a slot frees. A request is
+//! only ever answered by a round that started after it arrived, which is what a read index
+//! needs to stay linearizable.
 //!
-//! A key's version is the log index of the entry that wrote it, so two writes of one key must
-//! never share an entry: both would get the same version, and a compare-and-swap on it could
-//! succeed against the other write's value (the linearizability checker caught exactly that).
-//! A write touching a key already in the gathering batch is handed back to be proposed alone.
+//! - **Writes.** Every Raft entry costs a log append on each replica, a replication round and an
+//!   apply transaction, whatever it carries; on these machines that per-entry cost, not the
+//!   bytes, is what limits write throughput. A round is one
+//!   [`crate::types::Request::Writes`] entry; each write keeps its own request id and results,
+//!   and a round's failure (not the leader, no quorum) is every member's. A key's version is the
+//!   log index of the entry that wrote it, so two writes of one key must never share an entry:
+//!   both would get the same version, and a compare-and-swap on it could succeed against the
+//!   other write's value (the linearizability checker caught exactly that). A write touching a
+//!   key already in the gathering round is handed back to be proposed alone.
+//! - **Strong reads.** `ensure_linearizable` sends a heartbeat to every follower per call; reads
+//!   that share a round share that fan-out.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -19,8 +24,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Semaphore};
 
-/// Batches in flight per group. More overlap Raft rounds; fewer make bigger batches.
-pub const IN_FLIGHT: usize = 4;
+/// Write rounds (entries) in flight per group. More overlap Raft rounds; fewer make bigger
+/// entries.
+pub const WRITES_IN_FLIGHT: usize = 4;
+/// Read-index rounds in flight per group: one running, the next gathering.
+pub const READS_IN_FLIGHT: usize = 1;
 
 type Waiter<R, E> = oneshot::Sender<Result<R, E>>;
 /// The writes of a batch not proposed yet, each with the one waiting for its result, and the
@@ -30,7 +38,7 @@ struct Gathered<W, R, E> {
     keys: HashSet<Vec<u8>>,
 }
 
-/// What [`WriteBatches::submit`] did with a write.
+/// What [`Batches::submit`] did with a request.
 pub enum Submitted<W, R, E> {
     /// The write went into a batch; this is its result.
     Done(Result<R, E>),
@@ -38,24 +46,25 @@ pub enum Submitted<W, R, E> {
     Conflict(W),
 }
 
-/// One group's write batches.
-pub struct WriteBatches<W, R, E> {
+/// One group's rounds of one kind.
+pub struct Batches<W, R, E> {
     /// The batch gathering writes, not proposed yet. `None`: the next write opens one.
     // std Mutex: held only to push to or take the batch, never across an await.
     gathering: Mutex<Option<Gathered<W, R, E>>>,
     slots: Arc<Semaphore>,
 }
 
-impl<W, R, E> Default for WriteBatches<W, R, E> {
-    fn default() -> Self {
-        WriteBatches {
+impl<W, R, E> Batches<W, R, E> {
+    /// Rounds of which at most `in_flight` run at once.
+    pub fn new(in_flight: usize) -> Self {
+        Batches {
             gathering: Mutex::new(None),
-            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            slots: Arc::new(Semaphore::new(in_flight)),
         }
     }
 }
 
-impl<W, R, E> WriteBatches<W, R, E>
+impl<W, R, E> Batches<W, R, E>
 where
     W: Send + 'static,
     R: Send + 'static,
@@ -141,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_writes_share_batches_and_get_their_own_results() {
-        let batches: Arc<WriteBatches<u32, u32, String>> = Arc::default();
+        let batches: Arc<Batches<u32, u32, String>> = Arc::new(Batches::new(WRITES_IN_FLIGHT));
         let proposals = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for i in 0..200u32 {
@@ -174,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_every_member() {
-        let batches: Arc<WriteBatches<u32, u32, String>> = Arc::default();
+        let batches: Arc<Batches<u32, u32, String>> = Arc::new(Batches::new(WRITES_IN_FLIGHT));
         let got = batches
             .submit(
                 1,
@@ -188,9 +197,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_write_of_a_key_in_the_gathering_batch_is_handed_back() {
-        let batches: Arc<WriteBatches<u32, u32, String>> = Arc::default();
+        let batches: Arc<Batches<u32, u32, String>> = Arc::new(Batches::new(WRITES_IN_FLIGHT));
         // Hold every slot, so the first batch keeps gathering.
-        let _slots: Vec<_> = (0..IN_FLIGHT)
+        let _slots: Vec<_> = (0..WRITES_IN_FLIGHT)
             .map(|_| batches.slots.clone().try_acquire_owned().unwrap())
             .collect();
         let first = {
@@ -227,5 +236,55 @@ mod tests {
             .await
             .is_err());
         first.abort();
+    }
+
+    /// The property reads rely on: a request that arrives while a round runs is answered by the
+    /// next round, never by the running one.
+    #[tokio::test]
+    async fn a_round_started_before_a_request_does_not_answer_it() {
+        let rounds: Arc<Batches<(), &'static str, String>> =
+            Arc::new(Batches::new(READS_IN_FLIGHT));
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let rounds = rounds.clone();
+            tokio::spawn(async move {
+                rounds
+                    .submit(
+                        (),
+                        Vec::new(),
+                        move |w: Vec<()>| async move {
+                            let _ = release_rx.await;
+                            Ok(vec!["first round"; w.len()])
+                        },
+                        || "lost".to_string(),
+                    )
+                    .await
+            })
+        };
+        // Let the first round start, then submit: this one must get the second round's answer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = {
+            let rounds = rounds.clone();
+            tokio::spawn(async move {
+                rounds
+                    .submit(
+                        (),
+                        Vec::new(),
+                        |w: Vec<()>| async move { Ok(vec!["second round"; w.len()]) },
+                        || "lost".to_string(),
+                    )
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = release_tx.send(());
+        assert!(matches!(
+            first.await.unwrap(),
+            Submitted::Done(Ok("first round"))
+        ));
+        assert!(matches!(
+            second.await.unwrap(),
+            Submitted::Done(Ok("second round"))
+        ));
     }
 }
