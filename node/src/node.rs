@@ -396,6 +396,7 @@ impl Node {
             };
             tokio::spawn(initialize_group(
                 raft.clone(),
+                self.pool.clone(),
                 self.id,
                 group,
                 replicas,
@@ -833,6 +834,7 @@ async fn read_index_round(raft: Raft, group: GroupId, timeout: Duration) -> Resu
 /// a peer that initialized first) or a peer already runs it.
 async fn initialize_group(
     raft: Raft,
+    pool: PeerPool,
     me: NodeId,
     group: GroupId,
     replicas: Vec<NodeId>,
@@ -841,7 +843,7 @@ async fn initialize_group(
 ) {
     tokio::time::sleep(delay).await;
     if raft.is_initialized().await.unwrap_or(true)
-        || peers_run_group(me, group, &replicas, &map).await
+        || peers_run_group(&pool, me, group, &replicas, &map).await
     {
         return;
     }
@@ -857,6 +859,7 @@ async fn initialize_group(
 
 /// Whether any peer already runs `group` with a leader or a term above zero.
 async fn peers_run_group(
+    pool: &PeerPool,
     me: NodeId,
     group: GroupId,
     replicas: &[NodeId],
@@ -866,19 +869,17 @@ async fn peers_run_group(
         let Some(addr) = map.node_addr(*peer) else {
             continue;
         };
-        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        let Ok(channel) = pool.channel(addr) else {
             continue;
         };
-        let ep = ep
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(1));
-        let Ok(ch) = ep.connect().await else {
-            continue;
-        };
-        if let Ok(resp) = NodeClient::new(ch)
-            .group_status(GroupStatusRequest {})
-            .await
-        {
+        let mut request = tonic::Request::new(GroupStatusRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        let answer = tokio::time::timeout(
+            Duration::from_millis(1_500),
+            NodeClient::new(channel).group_status(request),
+        )
+        .await;
+        if let Ok(Ok(resp)) = answer {
             if resp
                 .into_inner()
                 .groups
