@@ -5,14 +5,19 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use kv_proto::kv::call::Call;
+use kv_proto::kv::call_result::Result as Outcome;
 use kv_proto::kv::{self, admin_client::AdminClient, kv_client::KvClient};
+use kv_proto::multi::{status_of, timeout_ms, Coalescer, Shape};
 use kv_proto::MAX_MESSAGE_BYTES;
 use tokio::time::Instant;
 use tonic::transport::Channel;
+use tonic::Code;
 
 use crate::error::from_status;
 use crate::options::staleness_ms;
@@ -54,6 +59,105 @@ struct Router {
     /// The data service and the admin service, sharing one channel.
     kv: KvClient<Channel>,
     admin: AdminClient<Channel>,
+    /// Gets, puts and deletes gathered into `Multi` calls (see [`ClientOptions::coalesce`]).
+    calls: Arc<Coalescer<Call, Outcome>>,
+    /// Cleared when the router answers `Multi` with `UNIMPLEMENTED` (it predates it): calls
+    /// then go one RPC each.
+    multi: Arc<AtomicBool>,
+}
+
+/// What a call needs of the router it goes to; cheap clones of [`Router`]'s handles.
+#[derive(Clone)]
+struct Handles {
+    kv: KvClient<Channel>,
+    calls: Arc<Coalescer<Call, Outcome>>,
+    multi: Arc<AtomicBool>,
+}
+
+impl Router {
+    fn handles(&self) -> Handles {
+        Handles {
+            kv: self.kv.clone(),
+            calls: self.calls.clone(),
+            multi: self.multi.clone(),
+        }
+    }
+}
+
+/// Sends each batch of calls as one `Multi` RPC and unpacks the per-call outcomes.
+fn coalescer(kv: KvClient<Channel>, multi: Arc<AtomicBool>) -> Coalescer<Call, Outcome> {
+    Coalescer::new(Shape::default(), move |calls, budget| {
+        let mut kv = kv.clone();
+        let multi = multi.clone();
+        async move {
+            let calls = calls
+                .into_iter()
+                .map(|call| kv::Call {
+                    call: Some(call),
+                    timeout_ms: timeout_ms(budget),
+                })
+                .collect();
+            let response = match kv.multi(timed(kv::MultiRequest { calls }, budget)).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    if status.code() == Code::Unimplemented {
+                        multi.store(false, Ordering::Relaxed);
+                    }
+                    return Err(status);
+                }
+            };
+            Ok(response
+                .results
+                .into_iter()
+                .map(|r| match r.result {
+                    Some(Outcome::Error(e)) => Err(status_of(e)),
+                    Some(outcome) => Ok(outcome),
+                    None => Err(tonic::Status::internal(
+                        "the router answered a call with nothing",
+                    )),
+                })
+                .collect())
+        }
+    })
+}
+
+/// A request whose `grpc-timeout` tells the server how long we wait, so that it can give up in
+/// time too.
+fn timed<T>(message: T, budget: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(budget);
+    request
+}
+
+/// Runs one Get, Put or Delete on `router`: in a shared `Multi` call when coalescing, else as
+/// its own RPC.
+async fn one_call(
+    router: Handles,
+    call: Call,
+    budget: Duration,
+    coalesce: bool,
+) -> Result<Outcome, tonic::Status> {
+    if coalesce && router.multi.load(Ordering::Relaxed) {
+        match router.calls.call(call.clone(), budget).await {
+            Err(s) if s.code() == Code::Unimplemented && !router.multi.load(Ordering::Relaxed) => {}
+            other => return other,
+        }
+    }
+    let mut kv = router.kv;
+    match call {
+        Call::Get(r) => kv
+            .get(timed(r, budget))
+            .await
+            .map(|r| Outcome::Get(r.into_inner())),
+        Call::Put(r) => kv
+            .put(timed(r, budget))
+            .await
+            .map(|r| Outcome::Put(r.into_inner())),
+        Call::Delete(r) => kv
+            .delete(timed(r, budget))
+            .await
+            .map(|r| Outcome::Delete(r.into_inner())),
+    }
 }
 
 impl fmt::Debug for Client {
@@ -106,7 +210,15 @@ impl Client {
             let admin = AdminClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            routers.push(Router { url, kv, admin });
+            let multi = Arc::new(AtomicBool::new(true));
+            let calls = Arc::new(coalescer(kv.clone(), multi.clone()));
+            routers.push(Router {
+                url,
+                kv,
+                admin,
+                calls,
+                multi,
+            });
         }
         if routers.is_empty() {
             return Err(Error::InvalidEndpoint {
@@ -172,9 +284,9 @@ impl Client {
             session: session.map(Session::to_proto),
             max_staleness_ms: staleness_ms(options.max_staleness),
         };
-        let resp = self
-            .call(req, |mut c, r| async move { c.get(r).await })
-            .await?;
+        let Outcome::Get(resp) = self.call_one(Call::Get(req)).await? else {
+            return Err(mismatched("Get"));
+        };
         absorb(session, resp.session.as_ref());
         Ok(Versioned::from_proto(resp))
     }
@@ -209,9 +321,9 @@ impl Client {
             expected_version: options.if_version,
             request_id: new_request_id(),
         };
-        let resp = self
-            .call(req, |mut c, r| async move { c.put(r).await })
-            .await?;
+        let Outcome::Put(resp) = self.call_one(Call::Put(req)).await? else {
+            return Err(mismatched("Put"));
+        };
         absorb(session, resp.session.as_ref());
         Ok(resp.version)
     }
@@ -244,9 +356,9 @@ impl Client {
             expected_version: options.if_version,
             request_id: new_request_id(),
         };
-        let resp = self
-            .call(req, |mut c, r| async move { c.delete(r).await })
-            .await?;
+        let Outcome::Delete(resp) = self.call_one(Call::Delete(req)).await? else {
+            return Err(mismatched("Delete"));
+        };
         absorb(session, resp.session.as_ref());
         Ok(DeleteOutcome {
             existed: resp.existed,
@@ -440,13 +552,29 @@ impl Client {
     }
 
     /// Runs one RPC of the `Kv` service; see [`Client::call_on`].
-    async fn call<Req, Resp, F, Fut>(&self, req: Req, rpc: F) -> Result<Resp, Error>
+    async fn call<Req, Resp, F, Fut>(&self, req: Req, mut rpc: F) -> Result<Resp, Error>
     where
         Req: Clone,
         F: FnMut(KvClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.call_on(|r| r.kv.clone(), req, rpc).await
+        self.call_on(
+            |r| r.kv.clone(),
+            req,
+            |c, r, budget| rpc(c, timed(r, budget)),
+        )
+        .await
+    }
+
+    /// Runs one Get, Put or Delete; see [`Client::call_on`] and [`ClientOptions::coalesce`].
+    async fn call_one(&self, call: Call) -> Result<Outcome, Error> {
+        let coalesce = self.inner.options.coalesce;
+        self.call_on(Router::handles, call, |router, call, budget| async move {
+            one_call(router, call, budget, coalesce)
+                .await
+                .map(tonic::Response::new)
+        })
+        .await
     }
 
     /// Runs one RPC of the `Admin` service; see [`Client::call_on`]. Admin calls retry exactly
@@ -455,14 +583,19 @@ impl Client {
     pub(crate) async fn admin_call<Req, Resp, F, Fut>(
         &self,
         req: Req,
-        rpc: F,
+        mut rpc: F,
     ) -> Result<Resp, Error>
     where
         Req: Clone,
         F: FnMut(AdminClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.call_on(|r| r.admin.clone(), req, rpc).await
+        self.call_on(
+            |r| r.admin.clone(),
+            req,
+            |c, r, budget| rpc(c, timed(r, budget)),
+        )
+        .await
     }
 
     /// Runs one RPC within the call's time budget, retrying retryable failures
@@ -476,7 +609,7 @@ impl Client {
     ) -> Result<Resp, Error>
     where
         Req: Clone,
-        F: FnMut(C, tonic::Request<Req>) -> Fut,
+        F: FnMut(C, Req, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let options = &self.inner.options;
@@ -489,11 +622,10 @@ impl Client {
             }
             let index = self.inner.current.load(Ordering::Relaxed) % self.inner.routers.len();
             let router = &self.inner.routers[index];
-            let mut request = tonic::Request::new(req.clone());
-            // The header tells the router how long we wait, so it can give up in time too;
-            // the local timeout covers a router that never answers at all.
-            request.set_timeout(remaining);
-            let outcome = tokio::time::timeout(remaining, rpc(service(router), request)).await;
+            // `rpc` tells the router how long we wait (`grpc-timeout`, or the call's budget in
+            // a `Multi`); the local timeout covers a router that never answers at all.
+            let outcome =
+                tokio::time::timeout(remaining, rpc(service(router), req.clone(), remaining)).await;
             let err = match outcome {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => from_status(&status),
@@ -527,6 +659,15 @@ impl Client {
                 Ordering::Relaxed,
             );
         }
+    }
+}
+
+/// The router answered a call with a result of another kind: a broken router, not retried.
+fn mismatched(method: &str) -> Error {
+    Error::Server {
+        status: Code::Internal,
+        code: None,
+        message: format!("the router answered a {method} with a result of another kind"),
     }
 }
 

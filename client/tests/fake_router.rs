@@ -35,6 +35,10 @@ struct State {
     /// The admin service's keyspaces, and the map epoch.
     keyspaces: Mutex<BTreeMap<String, kv::KeyspaceInfo>>,
     epoch: AtomicU64,
+    /// Answer `Multi` with UNIMPLEMENTED, as a router that predates it.
+    no_multi: std::sync::atomic::AtomicBool,
+    /// `Multi` RPCs received.
+    multis: AtomicU32,
 }
 
 #[derive(Clone)]
@@ -116,6 +120,17 @@ impl Fake {
 
 #[tonic::async_trait]
 impl Kv for Fake {
+    async fn multi(
+        &self,
+        r: Request<kv::MultiRequest>,
+    ) -> Result<Response<kv::MultiResponse>, Status> {
+        if self.0.no_multi.load(Ordering::SeqCst) {
+            return Err(Status::unimplemented("Multi is not served here"));
+        }
+        self.0.multis.fetch_add(1, Ordering::SeqCst);
+        kv_proto::multi::serve_kv(self, r).await.map(Response::new)
+    }
+
     async fn get(&self, r: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
         self.enter().await?;
         let r = r.into_inner();
@@ -529,6 +544,59 @@ async fn put_get_delete_round_trip() {
     let gone = client.delete("a").await.unwrap();
     assert!(gone.existed);
     assert!(!client.delete("a").await.unwrap().existed);
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_multi_rpcs_and_keep_their_own_outcomes() {
+    let (addr, state) = start().await;
+    state.delay_ms.store(20, Ordering::SeqCst);
+    let client = Client::with_options([addr.to_string()], fast(Duration::from_secs(5))).unwrap();
+    let calls = (0..200u32).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            // Every tenth call is bad input: it must fail alone, not its batch.
+            let key = if i % 10 == 0 {
+                String::new()
+            } else {
+                format!("k{i}")
+            };
+            (i, client.put(key, format!("v{i}")).await)
+        })
+    });
+    let calls: Vec<_> = calls.collect();
+    for call in calls {
+        let (i, outcome) = call.await.unwrap();
+        match outcome {
+            Ok(version) => assert!(version > 0 && i % 10 != 0),
+            Err(e) => assert!(
+                i % 10 == 0 && matches!(e, Error::InvalidArgument { .. }),
+                "call {i}: {e}"
+            ),
+        }
+    }
+    let multis = state.multis.load(Ordering::SeqCst);
+    assert!(
+        multis > 0 && multis < 100,
+        "200 calls took {multis} Multi RPCs"
+    );
+    state.delay_ms.store(0, Ordering::SeqCst);
+    for i in (1..200u32).filter(|i| i % 10 != 0) {
+        let got = client.get(format!("k{i}")).await.unwrap().unwrap();
+        assert_eq!(got.value, Bytes::from(format!("v{i}")));
+    }
+}
+
+#[tokio::test]
+async fn a_router_without_multi_gets_one_rpc_per_call() {
+    let (addr, state) = start().await;
+    state.no_multi.store(true, Ordering::SeqCst);
+    let client = Client::with_options([addr.to_string()], fast(Duration::from_secs(5))).unwrap();
+    client.put("a", "1").await.unwrap();
+    assert_eq!(
+        client.get("a").await.unwrap().unwrap().value,
+        Bytes::from("1")
+    );
+    assert_eq!(state.multis.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

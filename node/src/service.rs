@@ -10,9 +10,9 @@ use kv_proto::node::node_server::Node as NodeApi;
 use kv_proto::node::raft_server::Raft as RaftApi;
 use kv_proto::node::{
     write_op, GetClusterMapRequest, GetClusterMapResponse, GroupStatus, GroupStatusRequest,
-    GroupStatusResponse, NodeScanRequest, NodeScanResponse, ProposeMapChangeRequest,
-    ProposeMapChangeResponse, RaftReply, RaftRequest, ReadRequest, ReadResponse, ReadResult,
-    WatchClusterMapRequest, WriteRequest, WriteResponse, WriteResult,
+    GroupStatusResponse, NodeMultiRequest, NodeMultiResponse, NodeScanRequest, NodeScanResponse,
+    ProposeMapChangeRequest, ProposeMapChangeResponse, RaftReply, RaftRequest, ReadRequest,
+    ReadResponse, ReadResult, WatchClusterMapRequest, WriteRequest, WriteResponse, WriteResult,
 };
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
@@ -158,6 +158,15 @@ impl NodeApi for NodeService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn multi(
+        &self,
+        request: Request<NodeMultiRequest>,
+    ) -> Result<GrpcResponse<NodeMultiResponse>, Status> {
+        kv_proto::multi::serve_node(self, request)
+            .await
+            .map(GrpcResponse::new)
     }
 
     async fn read(

@@ -4,6 +4,8 @@
 //! - [`node`]: what `kvnode` serves: data RPCs naming a shard group (service `Node`) and the
 //!   multi-raft transport (service `Raft`).
 //!
+//! - [`multi`]: many independent calls in one `Multi` RPC (both services).
+//!
 //! Message size limits are set by each server and client; [`MAX_MESSAGE_BYTES`] is the one
 //! value they share, sized above the largest allowed value plus framing.
 
@@ -20,6 +22,8 @@ pub mod pb {
         }
     }
 }
+
+pub mod multi;
 
 /// Node protocol: data RPCs per group, and Raft transport.
 pub use pb::kv::node::v1 as node;

@@ -207,6 +207,15 @@ impl Node for FakeNode {
         Ok(Response::new(WriteResponse { results }))
     }
 
+    async fn multi(
+        &self,
+        request: Request<kv_proto::node::NodeMultiRequest>,
+    ) -> Result<Response<kv_proto::node::NodeMultiResponse>, Status> {
+        kv_proto::multi::serve_node(self, request)
+            .await
+            .map(Response::new)
+    }
+
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let req = request.into_inner();
         if req.consistency == kv_proto::kv::Consistency::Eventual as i32 {

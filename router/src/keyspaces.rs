@@ -32,6 +32,7 @@ use shardmap::{
 use tokio::time::Instant;
 
 use crate::error::RouterError;
+use crate::pool::NodeConn;
 use crate::routing::{timed, Rerouting, Router};
 
 /// `Consistency::Strong` as sent on the wire.
@@ -186,7 +187,8 @@ impl Router {
             expected_epoch,
         };
         let response = self
-            .call(META_GROUP, 0, deadline, |mut client, budget| {
+            .call(META_GROUP, 0, deadline, |conn: NodeConn, budget| {
+                let mut client = conn.client;
                 let request = timed(request.clone(), budget);
                 async move { client.propose_map_change(request).await }
             })
@@ -296,7 +298,8 @@ impl Router {
             };
             async move {
                 let response = self
-                    .call(group, epoch, deadline, |mut client, budget| {
+                    .call(group, epoch, deadline, |conn: NodeConn, budget| {
+                        let mut client = conn.client;
                         let request = timed(request.clone(), budget);
                         async move { client.scan(request).await }
                     })

@@ -1,4 +1,5 @@
-//! One lazily connected gRPC channel per node address.
+//! One lazily connected gRPC channel per node address, and one coalescer per node that
+//! carries concurrent reads and writes to it as shared `Multi` requests.
 //!
 //! A tonic `Channel` multiplexes any number of concurrent requests over one HTTP/2
 //! connection and reconnects by itself, so the pool only has to create each one once. The map
@@ -6,10 +7,13 @@
 //! across an `.await`, so an async mutex would only add cost.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kv_proto::multi::{status_of, Coalescer, Shape};
+use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::node_client::NodeClient;
+use kv_proto::node::{NodeCall, NodeMultiRequest};
 use kv_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
@@ -18,22 +22,37 @@ use crate::error::RouterError;
 /// How long opening a TCP connection to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Node clients by address (`HOST:PORT`).
+/// Reads and writes bound for one node, gathered into `Multi` requests.
+pub type NodeCalls = Coalescer<NodeCall, Outcome>;
+
+/// What the router holds for one node: its client, and the coalescer in front of it.
+#[derive(Debug, Clone)]
+pub struct NodeConn {
+    pub client: NodeClient<Channel>,
+    pub calls: Arc<NodeCalls>,
+}
+
+/// Node connections by address (`HOST:PORT`).
 #[derive(Debug, Default)]
 pub struct NodePool {
-    clients: Mutex<HashMap<String, NodeClient<Channel>>>,
+    clients: Mutex<HashMap<String, NodeConn>>,
 }
 
 impl NodePool {
-    /// The client for `addr`, creating its channel on first use (no I/O happens here; the
-    /// connection is opened by the first request).
+    /// The client for `addr`; see [`NodePool::conn`].
     pub fn client(&self, addr: &str) -> Result<NodeClient<Channel>, RouterError> {
+        self.conn(addr).map(|c| c.client)
+    }
+
+    /// The connection to `addr`, creating its channel and coalescer on first use (no I/O
+    /// happens here; the connection is opened by the first request).
+    pub fn conn(&self, addr: &str) -> Result<NodeConn, RouterError> {
         let mut clients = self
             .clients
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(client) = clients.get(addr) {
-            return Ok(client.clone());
+        if let Some(conn) = clients.get(addr) {
+            return Ok(conn.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|source| {
             RouterError::BadAddress {
@@ -50,9 +69,37 @@ impl NodePool {
         let client = NodeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
+        let conn = NodeConn {
+            calls: Arc::new(coalescer(client.clone())),
+            client,
+        };
+        clients.insert(addr.to_string(), conn.clone());
+        Ok(conn)
     }
+}
+
+/// Sends each batch as one `Node/Multi` call and unpacks the per-call outcomes.
+fn coalescer(client: NodeClient<Channel>) -> NodeCalls {
+    Coalescer::new(Shape::default(), move |calls, budget| {
+        let mut client = client.clone();
+        async move {
+            let response = client
+                .multi(crate::routing::timed(NodeMultiRequest { calls }, budget))
+                .await?
+                .into_inner();
+            Ok(response
+                .results
+                .into_iter()
+                .map(|r| match r.result {
+                    Some(Outcome::Error(e)) => Err(status_of(e)),
+                    Some(outcome) => Ok(outcome),
+                    None => Err(tonic::Status::internal(
+                        "the node answered a call with nothing",
+                    )),
+                })
+                .collect())
+        }
+    })
 }
 
 #[cfg(test)]

@@ -29,14 +29,14 @@ use kv_proto::kv::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, ScanRequest,
     ScanResponse, SessionToken,
 };
-use kv_proto::node::node_client::NodeClient;
+use kv_proto::multi::timeout_ms;
+use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::{
-    write_op, DeleteOp, NodeScanRequest, PutOp, ReadRequest, ReadResponse, WriteOp, WriteRequest,
-    WriteResponse, WriteResult,
+    node_call, write_op, DeleteOp, NodeCall, NodeScanRequest, PutOp, ReadRequest, ReadResponse,
+    WriteOp, WriteRequest, WriteResponse, WriteResult,
 };
 use shardmap::{CompiledMap, GroupId, Limits, MapError, NodeId};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::error::RouterError;
@@ -44,7 +44,7 @@ use crate::fanout::{merge_scans, ordered_scan, reassemble, scan_limit, split_by_
 use crate::leader::{next_replica, LeaderCache};
 use crate::map_cache::MapCache;
 use crate::metrics::Metrics;
-use crate::pool::NodePool;
+use crate::pool::{NodeConn, NodePool};
 use crate::retry::{attempt_budget, classify, error_code, Backoff, Decision};
 use crate::session::{self, replica_order};
 
@@ -164,7 +164,7 @@ impl Router {
         mut rpc: F,
     ) -> Result<T, RouterError>
     where
-        F: FnMut(NodeClient<Channel>, Duration) -> Fut,
+        F: FnMut(NodeConn, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = Backoff::default();
@@ -231,7 +231,7 @@ impl Router {
                     }
                 }
             };
-            let client = match self.pool.client(&addr) {
+            let client = match self.pool.conn(&addr) {
                 Ok(c) => c,
                 Err(e) => {
                     last_error = e.to_string();
@@ -337,7 +337,7 @@ impl Router {
         mut rpc: F,
     ) -> Result<T, RouterError>
     where
-        F: FnMut(NodeClient<Channel>, Duration) -> Fut,
+        F: FnMut(NodeConn, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = Backoff::default();
@@ -387,7 +387,7 @@ impl Router {
                     self.maps.request_refresh();
                     continue;
                 };
-                let client = match self.pool.client(addr) {
+                let client = match self.pool.conn(addr) {
                     Ok(c) => c,
                     Err(e) => {
                         last_error = e.to_string();
@@ -598,9 +598,19 @@ impl Router {
             min_applied_index: if eventual { mode.min_applied_index } else { 0 },
             max_staleness_ms: if eventual { mode.max_staleness_ms } else { 0 },
         };
-        let rpc = |mut client: NodeClient<Channel>, budget| {
-            let request = timed(request.clone(), budget);
-            async move { client.read(request).await }
+        let rpc = |conn: NodeConn, budget| {
+            let call = NodeCall {
+                call: Some(node_call::Call::Read(request.clone())),
+                timeout_ms: timeout_ms(budget),
+            };
+            async move {
+                match conn.calls.call(call, budget).await? {
+                    Outcome::Read(r) => Ok(tonic::Response::new(r)),
+                    _ => Err(Status::internal(
+                        "the node answered a read with another kind",
+                    )),
+                }
+            }
         };
         let response: ReadResponse = if eventual {
             self.call_any(group, epoch, deadline, rpc).await?
@@ -651,9 +661,19 @@ impl Router {
             request_id,
         };
         let response: WriteResponse = self
-            .call(group, epoch, deadline, |mut client, budget| {
-                let request = timed(request.clone(), budget);
-                async move { client.write(request).await }
+            .call(group, epoch, deadline, |conn, budget| {
+                let call = NodeCall {
+                    call: Some(node_call::Call::Write(request.clone())),
+                    timeout_ms: timeout_ms(budget),
+                };
+                async move {
+                    match conn.calls.call(call, budget).await? {
+                        Outcome::Write(r) => Ok(tonic::Response::new(r)),
+                        _ => Err(Status::internal(
+                            "the node answered a write with another kind",
+                        )),
+                    }
+                }
             })
             .await?;
         if response.results.len() != count {
@@ -838,7 +858,8 @@ impl Router {
             min_applied_index: if eventual { mode.min_applied_index } else { 0 },
             max_staleness_ms: if eventual { mode.max_staleness_ms } else { 0 },
         };
-        let rpc = |mut client: NodeClient<Channel>, budget| {
+        let rpc = |conn: NodeConn, budget| {
+            let mut client = conn.client;
             let request = timed(request.clone(), budget);
             async move { client.scan(request).await }
         };

@@ -8,7 +8,8 @@ use std::time::Duration;
 use kv_proto::kv::kv_server::Kv;
 use kv_proto::kv::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, ScanRequest, ScanResponse,
+    DeleteResponse, GetRequest, GetResponse, MultiRequest, MultiResponse, PutRequest, PutResponse,
+    ScanRequest, ScanResponse,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -134,5 +135,16 @@ impl Kv for KvService {
             r.batch_put(req, d).await
         })
         .await
+    }
+
+    /// Each call runs through its unary handler above, so it is counted, timed and mapped to a
+    /// status exactly as if it had come alone.
+    async fn multi(
+        &self,
+        request: Request<MultiRequest>,
+    ) -> Result<Response<MultiResponse>, Status> {
+        kv_proto::multi::serve_kv(self, request)
+            .await
+            .map(Response::new)
     }
 }

@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// Bytes per value.
     #[arg(long, default_value_t = 128)]
     pub value_size: usize,
+    /// Send one RPC per call instead of gathering concurrent calls into shared `Multi` RPCs
+    /// (for comparing the two).
+    #[arg(long)]
+    pub no_coalesce: bool,
     /// Client connections to spread the tasks over.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
@@ -98,6 +102,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<Outcome> {
                 endpoints.clone(),
                 ClientOptions {
                     timeout: global.timeout,
+                    coalesce: !args.no_coalesce,
                     ..ClientOptions::default()
                 },
             )
