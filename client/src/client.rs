@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use kv_proto::kv::call::Call;
 use kv_proto::kv::call_result::Result as Outcome;
 use kv_proto::kv::{self, admin_client::AdminClient, kv_client::KvClient};
-use kv_proto::multi::{status_of, timeout_ms, Coalescer, Shape};
+use kv_proto::multi::{status_of, timeout_ms, Inbound, Mux, Outbound};
 use kv_proto::MAX_MESSAGE_BYTES;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -59,18 +60,21 @@ struct Router {
     /// The data service and the admin service, sharing one channel.
     kv: KvClient<Channel>,
     admin: AdminClient<Channel>,
-    /// Gets, puts and deletes gathered into `Multi` calls (see [`ClientOptions::coalesce`]).
-    calls: Arc<Coalescer<Call, Outcome>>,
-    /// Cleared when the router answers `Multi` with `UNIMPLEMENTED` (it predates it): calls
-    /// then go one RPC each.
+    /// Gets, puts and deletes carried over one shared `MultiStream` call (see
+    /// [`ClientOptions::coalesce`]).
+    calls: Arc<Calls>,
+    /// Cleared when the router answers `MultiStream` with `UNIMPLEMENTED` (it predates it):
+    /// calls then go one RPC each.
     multi: Arc<AtomicBool>,
 }
+
+type Calls = Mux<kv::MultiRequest, kv::MultiResponse>;
 
 /// What a call needs of the router it goes to; cheap clones of [`Router`]'s handles.
 #[derive(Clone)]
 struct Handles {
     kv: KvClient<Channel>,
-    calls: Arc<Coalescer<Call, Outcome>>,
+    calls: Arc<Calls>,
     multi: Arc<AtomicBool>,
 }
 
@@ -84,40 +88,23 @@ impl Router {
     }
 }
 
-/// Sends each batch of calls as one `Multi` RPC and unpacks the per-call outcomes.
-fn coalescer(kv: KvClient<Channel>, multi: Arc<AtomicBool>) -> Coalescer<Call, Outcome> {
-    Coalescer::new(Shape::default(), move |calls, budget| {
+type Opening = std::pin::Pin<
+    Box<dyn Future<Output = Result<Inbound<kv::MultiResponse>, tonic::Status>> + Send>,
+>;
+
+/// Opens the router's `MultiStream` on the shared channel when the first call needs it.
+fn multiplexer(kv: KvClient<Channel>) -> Calls {
+    Mux::new(move |outbound: Outbound<kv::MultiRequest>| {
         let mut kv = kv.clone();
-        let multi = multi.clone();
-        async move {
-            let calls = calls
-                .into_iter()
-                .map(|call| kv::Call {
-                    call: Some(call),
-                    timeout_ms: timeout_ms(budget),
-                })
-                .collect();
-            let response = match kv.multi(timed(kv::MultiRequest { calls }, budget)).await {
-                Ok(r) => r.into_inner(),
-                Err(status) => {
-                    if status.code() == Code::Unimplemented {
-                        multi.store(false, Ordering::Relaxed);
-                    }
-                    return Err(status);
-                }
-            };
-            Ok(response
-                .results
-                .into_iter()
-                .map(|r| match r.result {
-                    Some(Outcome::Error(e)) => Err(status_of(e)),
-                    Some(outcome) => Ok(outcome),
-                    None => Err(tonic::Status::internal(
-                        "the router answered a call with nothing",
-                    )),
-                })
-                .collect())
-        }
+        let opening: Opening = Box::pin(async move {
+            let inbound = kv
+                .multi_stream(tonic::Request::new(outbound))
+                .await?
+                .into_inner();
+            let inbound: Inbound<kv::MultiResponse> = Box::pin(inbound.boxed());
+            Ok(inbound)
+        });
+        opening
     })
 }
 
@@ -138,9 +125,26 @@ async fn one_call(
     coalesce: bool,
 ) -> Result<Outcome, tonic::Status> {
     if coalesce && router.multi.load(Ordering::Relaxed) {
-        match router.calls.call(call.clone(), budget).await {
-            Err(s) if s.code() == Code::Unimplemented && !router.multi.load(Ordering::Relaxed) => {}
-            other => return other,
+        let shared = kv::Call {
+            call: Some(call.clone()),
+            timeout_ms: timeout_ms(budget),
+            id: 0,
+        };
+        match router.calls.call(shared).await {
+            Ok(result) => {
+                return match result.result {
+                    Some(Outcome::Error(e)) => Err(status_of(e)),
+                    Some(outcome) => Ok(outcome),
+                    None => Err(tonic::Status::internal(
+                        "the router answered a call with nothing",
+                    )),
+                }
+            }
+            // The router predates the stream: from now on, one RPC per call.
+            Err(s) if s.code() == Code::Unimplemented => {
+                router.multi.store(false, Ordering::Relaxed);
+            }
+            Err(s) => return Err(s),
         }
     }
     let mut kv = router.kv;
@@ -211,7 +215,7 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let multi = Arc::new(AtomicBool::new(true));
-            let calls = Arc::new(coalescer(kv.clone(), multi.clone()));
+            let calls = Arc::new(multiplexer(kv.clone()));
             routers.push(Router {
                 url,
                 kv,

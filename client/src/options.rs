@@ -45,10 +45,11 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// The largest backoff between two attempts. Default 1 s.
     pub max_backoff: Duration,
-    /// Gather gets, puts and deletes that are in flight at the same time into shared `Multi`
-    /// RPCs to the router (each still routed, retried and answered on its own). Under load
-    /// this saves most of the per-call RPC cost on both sides; a lone call goes out at once,
-    /// so it adds no wait. Default on; off sends one RPC per call.
+    /// Carry gets, puts and deletes over one long-lived `MultiStream` call per router, calls
+    /// in flight at the same time sharing messages (each still routed, retried and answered
+    /// on its own, as soon as it is done). Under load this saves most of the per-call RPC
+    /// cost on both sides; a lone call goes out at once, so it adds no wait. Default on; off
+    /// sends one unary RPC per call.
     pub coalesce: bool,
 }
 

@@ -131,6 +131,22 @@ impl Kv for Fake {
         kv_proto::multi::serve_kv(self, r).await.map(Response::new)
     }
 
+    type MultiStreamStream = kv_proto::multi::Inbound<kv::MultiResponse>;
+
+    async fn multi_stream(
+        &self,
+        r: Request<tonic::Streaming<kv::MultiRequest>>,
+    ) -> Result<Response<Self::MultiStreamStream>, Status> {
+        if self.0.no_multi.load(Ordering::SeqCst) {
+            return Err(Status::unimplemented("MultiStream is not served here"));
+        }
+        self.0.multis.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(kv_proto::multi::serve_kv_stream(
+            self.clone(),
+            r,
+        )))
+    }
+
     async fn get(&self, r: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
         self.enter().await?;
         let r = r.into_inner();

@@ -169,6 +169,18 @@ impl NodeApi for NodeService {
             .map(GrpcResponse::new)
     }
 
+    type MultiStreamStream = kv_proto::multi::Inbound<NodeMultiResponse>;
+
+    async fn multi_stream(
+        &self,
+        request: Request<tonic::Streaming<NodeMultiRequest>>,
+    ) -> Result<GrpcResponse<Self::MultiStreamStream>, Status> {
+        Ok(GrpcResponse::new(kv_proto::multi::serve_node_stream(
+            self.clone(),
+            request,
+        )))
+    }
+
     async fn read(
         &self,
         request: Request<ReadRequest>,

@@ -1,171 +1,310 @@
-//! Many independent calls in one `Multi` RPC: the coalescer that gathers them on the calling
-//! side, and the serving loop that answers each with the service's own handler.
+//! Many independent calls in one RPC: the multiplexer that carries them on the calling side,
+//! and the serving loops that answer each with the service's own handler.
 //!
 //! On a two-core box a unary gRPC call costs tens of microseconds of CPU on each side (HTTP/2
-//! stream, headers, task wakeups), more than the work behind a small get or put. Under load,
-//! callers of one peer therefore share RPCs: a [`Coalescer`] queues calls and sends whatever
-//! has queued as one `Multi` request whenever one of a few batch slots is free. No timer is
-//! involved: a lone call goes out at once, and batches grow only while earlier ones are in
-//! flight, so coalescing adds no latency when there is nothing to share.
+//! stream setup, headers and trailers, task wakeups), more than the work behind a small get or
+//! put. So callers of one peer share one long-lived `MultiStream` call: a [`Mux`] queues calls
+//! and writes whatever has queued as one message whenever the stream can take one, and the
+//! server answers each call as soon as it is done, batching whatever results are ready into
+//! one message. No timer is involved: a lone call goes out at once, and messages grow only
+//! while the connection is busy, so sharing adds no wait and a slow call (a put waiting for
+//! its quorum) holds up no fast one (an eventual read).
 //!
-//! Each call of a batch is answered as if it had been sent alone: the server runs its unary
-//! handler for it, and a failure travels as a [`CallError`] carrying the status code, message
-//! and metadata (error code, leader hint) that the unary call would have returned.
+//! Each call is answered as if it had been sent alone: the server runs its unary handler for
+//! it, and a failure travels as a [`CallError`] carrying the status code, message and metadata
+//! (error code, leader hint) that the unary call would have returned. The unary `Multi` RPC
+//! (one batch, answered when all its calls are) serves the same calls for simple clients.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, KeyAndValueRef};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request, Status, Streaming};
 
 use crate::kv::{self, CallError};
 use crate::node;
 
-/// The most calls one `Multi` request may carry; servers refuse more.
+/// The most calls one message may carry; servers refuse more.
 pub const MAX_CALLS: usize = 4096;
 
-/// How a [`Coalescer`] shapes its batches.
-#[derive(Debug, Clone, Copy)]
-pub struct Shape {
-    /// Calls per batch at most.
-    pub max_calls: usize,
-    /// Batches in flight at once; calls arriving meanwhile wait for a slot and go out together.
-    pub max_in_flight: usize,
+/// Calls (or results) per stream message at most.
+const MESSAGE_CALLS: usize = 256;
+
+/// How long a streamed call without a budget of its own may run on the server. Unary calls
+/// are cut by their `grpc-timeout`; a stream has none, and a call that never ends would hold
+/// its caller's slot and the server's task for good.
+pub const STREAM_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A stream message: a batch of calls or of results.
+pub trait Batch: Send + 'static {
+    type Item: Tagged + Send + 'static;
+    fn from_items(items: Vec<Self::Item>) -> Self;
+    fn into_items(self) -> Vec<Self::Item>;
 }
 
-impl Default for Shape {
-    fn default() -> Self {
-        // Measured with 256 concurrent clients (docs/benchmarks.md): 4 batches in flight made
-        // big batches but queued every call behind whole batches (strong gets fell to half);
-        // 16 recovered most, 64 and 256 alike. Batches still form from the calls that queue
-        // while the dispatcher is busy.
-        Shape {
-            max_calls: 256,
-            max_in_flight: 64,
+/// A call or result named by the id that pairs them on a stream.
+pub trait Tagged {
+    fn id(&self) -> u64;
+    fn set_id(&mut self, id: u64);
+}
+
+macro_rules! batch {
+    ($batch:ty, $field:ident, $item:ty) => {
+        impl Batch for $batch {
+            type Item = $item;
+            fn from_items(items: Vec<$item>) -> Self {
+                Self { $field: items }
+            }
+            fn into_items(self) -> Vec<$item> {
+                self.$field
+            }
         }
-    }
+        impl Tagged for $item {
+            fn id(&self) -> u64 {
+                self.id
+            }
+            fn set_id(&mut self, id: u64) {
+                self.id = id;
+            }
+        }
+    };
 }
 
-/// Gathers concurrent calls to one peer into batches (see the module docs). Cheap to share
-/// behind an `Arc`; the dispatching task ends when the coalescer is dropped.
-pub struct Coalescer<Req, Resp> {
-    queue: mpsc::UnboundedSender<Waiting<Req, Resp>>,
+batch!(kv::MultiRequest, calls, kv::Call);
+batch!(kv::MultiResponse, results, kv::CallResult);
+batch!(node::NodeMultiRequest, calls, node::NodeCall);
+batch!(node::NodeMultiResponse, results, node::NodeCallResult);
+
+/// The messages a stream yields.
+pub type Inbound<B> = Pin<Box<dyn Stream<Item = Result<B, Status>> + Send>>;
+/// The messages a caller writes to a stream: whatever calls have queued, as one message at a
+/// time. A named type rather than a combinator chain: futures holding the latter trip a
+/// compiler bug (rust-lang/rust#102211, "higher-ranked lifetime error") once boxed as `Send`.
+pub struct Outbound<B: Batch> {
+    queue: mpsc::UnboundedReceiver<B::Item>,
 }
 
-impl<Req, Resp> std::fmt::Debug for Coalescer<Req, Resp> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coalescer").finish_non_exhaustive()
-    }
-}
+impl<B: Batch> Stream for Outbound<B> {
+    type Item = B;
 
-struct Waiting<Req, Resp> {
-    call: Req,
-    budget: Duration,
-    reply: oneshot::Sender<Result<Resp, Status>>,
-}
-
-/// What sending one batch yields: one outcome per call, in order, or one status for all.
-pub type BatchOutcome<Resp> = Result<Vec<Result<Resp, Status>>, Status>;
-
-impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
-    /// Starts the dispatching task. `send` carries one batch and the longest budget among its
-    /// calls (the RPC's timeout).
-    ///
-    /// # Panics
-    ///
-    /// Outside a Tokio runtime.
-    pub fn new<S, Fut>(shape: Shape, send: S) -> Self
-    where
-        S: Fn(Vec<Req>, Duration) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = BatchOutcome<Resp>> + Send + 'static,
-    {
-        let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(waiting, shape, send));
-        Coalescer { queue }
-    }
-
-    /// Sends `call` in the next batch and waits for its own outcome. The caller bounds the
-    /// wait; `budget` only sizes the batch's timeout.
-    pub async fn call(&self, call: Req, budget: Duration) -> Result<Resp, Status> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Waiting {
-                call,
-                budget,
-                reply,
-            })
-            .map_err(|_| Status::unavailable("the call coalescer has stopped"))?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Status::unavailable("the batch carrying the call was lost")))
-    }
-}
-
-async fn dispatch<Req, Resp, S, Fut>(
-    mut waiting: mpsc::UnboundedReceiver<Waiting<Req, Resp>>,
-    shape: Shape,
-    send: S,
-) where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    S: Fn(Vec<Req>, Duration) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = BatchOutcome<Resp>> + Send + 'static,
-{
-    let slots = Arc::new(Semaphore::new(shape.max_in_flight.max(1)));
-    let send = Arc::new(send);
-    loop {
-        // Take the slot before the calls: while every slot is busy, calls pile up in the
-        // queue and leave together as soon as one frees.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<B>> {
+        let first = match self.queue.poll_recv(cx) {
+            std::task::Poll::Ready(Some(item)) => item,
+            std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
         };
-        let Some(first) = waiting.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < shape.max_calls.max(1) {
-            match waiting.try_recv() {
-                Ok(w) => batch.push(w),
+        let mut items = vec![first];
+        while items.len() < MESSAGE_CALLS {
+            match self.queue.try_recv() {
+                Ok(item) => items.push(item),
                 Err(_) => break,
             }
         }
-        let send = send.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            // A caller that has given up (its own timeout) needs no answer.
-            batch.retain(|w| !w.reply.is_closed());
-            let Some(budget) = batch.iter().map(|w| w.budget).max() else {
-                return;
-            };
-            let (calls, replies): (Vec<Req>, Vec<_>) =
-                batch.into_iter().map(|w| (w.call, w.reply)).unzip();
-            let expected = replies.len();
-            match send(calls, budget).await {
-                Ok(results) if results.len() == expected => {
-                    for (result, reply) in results.into_iter().zip(replies) {
-                        let _ = reply.send(result);
-                    }
-                }
-                Ok(results) => {
-                    let status = Status::internal(format!(
-                        "the peer answered {} results for a batch of {expected} calls",
-                        results.len()
-                    ));
-                    for reply in replies {
-                        let _ = reply.send(Err(status.clone()));
-                    }
-                }
-                Err(status) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(status.clone()));
-                    }
-                }
-            }
-        });
+        std::task::Poll::Ready(Some(B::from_items(items)))
     }
+}
+type Opening<R> = Pin<Box<dyn Future<Output = Result<Inbound<R>, Status>> + Send>>;
+type Opener<Q, R> = Box<dyn Fn(Outbound<Q>) -> Opening<R> + Send + Sync>;
+type Waiter<T> = oneshot::Sender<Result<T, Status>>;
+
+/// Calls to one peer over one shared stream (see the module docs), reopened on the next call
+/// after the stream fails. The stream ends when the `Mux` is dropped.
+pub struct Mux<Q: Batch, R: Batch> {
+    open: Opener<Q, R>,
+    live: Mutex<Option<Live<Q::Item, R::Item>>>,
+    next_id: AtomicU64,
+}
+
+impl<Q: Batch, R: Batch> std::fmt::Debug for Mux<Q, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux").finish_non_exhaustive()
+    }
+}
+
+/// One open stream: where calls are queued, and the callers waiting for results.
+struct Live<C, T> {
+    calls: mpsc::UnboundedSender<C>,
+    waiting: Arc<Waiting<T>>,
+}
+
+impl<C, T> Clone for Live<C, T> {
+    fn clone(&self) -> Self {
+        Live {
+            calls: self.calls.clone(),
+            waiting: self.waiting.clone(),
+        }
+    }
+}
+
+/// Shared with the task reading the stream, which does not hold the call queue: dropping the
+/// `Mux` closes the queue, which ends the outbound stream and so the call.
+struct Waiting<T> {
+    // std Mutex: held only to insert or remove one entry, never across an await.
+    callers: Mutex<HashMap<u64, Waiter<T>>>,
+    ended: AtomicBool,
+}
+
+impl<T> Waiting<T> {
+    fn take(&self, id: u64) -> Option<Waiter<T>> {
+        self.callers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+
+    /// Fails every caller still waiting: the stream is gone.
+    fn end(&self, status: &Status) {
+        self.ended.store(true, Ordering::SeqCst);
+        let callers: Vec<_> = self
+            .callers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (_, waiter) in callers {
+            let _ = waiter.send(Err(status.clone()));
+        }
+    }
+}
+
+/// Forgets a caller that stopped waiting (its own timeout), so that its entry does not stay.
+struct Forget<'a, T> {
+    waiting: &'a Waiting<T>,
+    id: u64,
+}
+
+impl<T> Drop for Forget<'_, T> {
+    fn drop(&mut self) {
+        self.waiting.take(self.id);
+    }
+}
+
+impl<Q: Batch, R: Batch> Mux<Q, R> {
+    /// `open` starts the streaming call with the outbound messages and yields the inbound ones
+    /// (the generated client's `multi_stream`).
+    pub fn new<F, Fut>(open: F) -> Self
+    where
+        F: Fn(Outbound<Q>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Inbound<R>, Status>> + Send + 'static,
+    {
+        Mux {
+            open: Box::new(move |outbound| Box::pin(open(outbound))),
+            live: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Sends `call` and waits for its result. The caller bounds the wait (and sets the call's
+    /// own timeout, which the server enforces).
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (opening a stream starts a task).
+    pub async fn call(&self, mut call: Q::Item) -> Result<R::Item, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        call.set_id(id);
+        let live = self.live();
+        let (waiter, answer) = oneshot::channel();
+        live.waiting
+            .callers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, waiter);
+        let _forget = Forget {
+            waiting: &live.waiting,
+            id,
+        };
+        // The stream may have ended since `live()`: then nobody would answer.
+        let lost = live.calls.send(call).is_err() || live.waiting.ended.load(Ordering::SeqCst);
+        if lost && live.waiting.take(id).is_some() {
+            return Err(Status::unavailable(
+                "the call stream to the peer closed; retry",
+            ));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Status::unavailable(
+                "the call stream to the peer ended before answering",
+            ))
+        })
+    }
+
+    /// The open stream, or a new one when there is none or it has ended.
+    fn live(&self) -> Live<Q::Item, R::Item> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = live.as_ref() {
+            if !l.waiting.ended.load(Ordering::SeqCst) {
+                return l.clone();
+            }
+        }
+        let (calls, queued) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Waiting {
+            callers: Mutex::new(HashMap::new()),
+            ended: AtomicBool::new(false),
+        });
+        let outbound = Outbound { queue: queued };
+        tokio::spawn(read(waiting.clone(), (self.open)(outbound)));
+        let fresh = Live { calls, waiting };
+        *live = Some(fresh.clone());
+        fresh
+    }
+}
+
+/// Hands each result to its caller until the stream ends, then fails whoever still waits.
+async fn read<R: Batch>(waiting: Arc<Waiting<R::Item>>, opening: Opening<R>) {
+    let status = match opening.await {
+        Err(status) => status,
+        Ok(mut inbound) => loop {
+            match inbound.next().await {
+                Some(Ok(message)) => {
+                    for result in message.into_items() {
+                        if let Some(waiter) = waiting.take(result.id()) {
+                            let _ = waiter.send(Ok(result));
+                        }
+                    }
+                }
+                Some(Err(status)) => break status,
+                None => break Status::unavailable("the peer closed the call stream"),
+            }
+        },
+    };
+    waiting.end(&status);
+}
+
+/// Serves a stream of call batches: every call runs in its own task through `handle`, and
+/// results go back, batched as they are ready, named by their call's id. The stream ends once
+/// the caller has stopped sending and every call has been answered.
+pub fn serve_stream<Q, R, H, Fut>(mut incoming: Streaming<Q>, handle: H) -> Inbound<R>
+where
+    Q: Batch,
+    R: Batch,
+    H: Fn(Q::Item) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R::Item> + Send + 'static,
+{
+    let (results, ready) = mpsc::unbounded_channel::<R::Item>();
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = incoming.message().await {
+            for call in message.into_items() {
+                let id = call.id();
+                let results = results.clone();
+                let answer = handle(call);
+                tokio::spawn(async move {
+                    let mut result = answer.await;
+                    result.set_id(id);
+                    let _ = results.send(result);
+                });
+            }
+        }
+    });
+    Box::pin(Outbound::<R> { queue: ready }.map(Ok))
 }
 
 /// A failed call's status as it travels inside a batch.
@@ -200,8 +339,8 @@ pub fn status_of(error: CallError) -> Status {
     status
 }
 
-/// The unary request a call of a batch is served as: its own budget when it has one, else the
-/// batch's `grpc-timeout`.
+/// The unary request a call is served as: its own budget when it has one, else the batch's
+/// `grpc-timeout`.
 fn unary<T>(message: T, timeout_ms: u32, batch_timeout: Option<&AsciiMetadataValue>) -> Request<T> {
     let mut request = Request::new(message);
     if timeout_ms > 0 {
@@ -210,6 +349,25 @@ fn unary<T>(message: T, timeout_ms: u32, batch_timeout: Option<&AsciiMetadataVal
         request.metadata_mut().insert("grpc-timeout", value.clone());
     }
     request
+}
+
+/// Runs one call's handler within its own budget (else [`STREAM_CALL_TIMEOUT`]), as tonic
+/// cuts a unary call at its `grpc-timeout`.
+async fn bounded<T>(
+    timeout_ms: u32,
+    handler: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let budget = match timeout_ms {
+        0 => STREAM_CALL_TIMEOUT,
+        ms => Duration::from_millis(ms.into()),
+    };
+    tokio::time::timeout(budget, handler)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "no answer within {budget:?}"
+            )))
+        })
 }
 
 fn check_count(count: usize) -> Result<(), Status> {
@@ -221,45 +379,95 @@ fn check_count(count: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// One `kv.v1` call, answered by `service`'s unary handler.
+async fn kv_call<S: kv::kv_server::Kv>(
+    service: &S,
+    call: kv::Call,
+    batch_timeout: Option<&AsciiMetadataValue>,
+) -> kv::CallResult {
+    use kv::call::Call;
+    use kv::call_result::Result as Outcome;
+    let t = call.timeout_ms;
+    let outcome = bounded(t, async {
+        match call.call {
+            Some(Call::Get(r)) => service
+                .get(unary(r, t, batch_timeout))
+                .await
+                .map(|r| Outcome::Get(r.into_inner())),
+            Some(Call::Put(r)) => service
+                .put(unary(r, t, batch_timeout))
+                .await
+                .map(|r| Outcome::Put(r.into_inner())),
+            Some(Call::Delete(r)) => service
+                .delete(unary(r, t, batch_timeout))
+                .await
+                .map(|r| Outcome::Delete(r.into_inner())),
+            None => Err(Status::invalid_argument("a call names no request")),
+        }
+    })
+    .await;
+    kv::CallResult {
+        result: Some(outcome.unwrap_or_else(|s| Outcome::Error(call_error(&s)))),
+        id: call.id,
+    }
+}
+
+/// One `kv.node.v1` call, answered by `service`'s unary handler.
+async fn node_call<S: node::node_server::Node>(
+    service: &S,
+    call: node::NodeCall,
+    batch_timeout: Option<&AsciiMetadataValue>,
+) -> node::NodeCallResult {
+    use node::node_call::Call;
+    use node::node_call_result::Result as Outcome;
+    let t = call.timeout_ms;
+    let outcome = bounded(t, async {
+        match call.call {
+            Some(Call::Write(r)) => service
+                .write(unary(r, t, batch_timeout))
+                .await
+                .map(|r| Outcome::Write(r.into_inner())),
+            Some(Call::Read(r)) => service
+                .read(unary(r, t, batch_timeout))
+                .await
+                .map(|r| Outcome::Read(r.into_inner())),
+            None => Err(Status::invalid_argument("a call names no request")),
+        }
+    })
+    .await;
+    node::NodeCallResult {
+        result: Some(outcome.unwrap_or_else(|s| Outcome::Error(call_error(&s)))),
+        id: call.id,
+    }
+}
+
 /// Serves a `kv.v1.Kv/Multi` request with `service`'s own Get, Put and Delete handlers, all
 /// calls concurrently.
 pub async fn serve_kv<S: kv::kv_server::Kv>(
     service: &S,
     request: Request<kv::MultiRequest>,
 ) -> Result<kv::MultiResponse, Status> {
-    use kv::call::Call;
-    use kv::call_result::Result as Outcome;
     let batch_timeout = request.metadata().get("grpc-timeout").cloned();
     let calls = request.into_inner().calls;
     check_count(calls.len())?;
-    let results = futures::future::join_all(calls.into_iter().map(|call| {
-        let timeout = batch_timeout.as_ref();
-        async move {
-            let t = call.timeout_ms;
-            let outcome = match call.call {
-                Some(Call::Get(r)) => service
-                    .get(unary(r, t, timeout))
-                    .await
-                    .map(|r| Outcome::Get(r.into_inner())),
-                Some(Call::Put(r)) => service
-                    .put(unary(r, t, timeout))
-                    .await
-                    .map(|r| Outcome::Put(r.into_inner())),
-                Some(Call::Delete(r)) => service
-                    .delete(unary(r, t, timeout))
-                    .await
-                    .map(|r| Outcome::Delete(r.into_inner())),
-                None => Err(Status::invalid_argument(
-                    "a call of the batch names no request",
-                )),
-            };
-            kv::CallResult {
-                result: Some(outcome.unwrap_or_else(|s| Outcome::Error(call_error(&s)))),
-            }
-        }
-    }))
+    let results = futures::future::join_all(
+        calls
+            .into_iter()
+            .map(|call| kv_call(service, call, batch_timeout.as_ref())),
+    )
     .await;
     Ok(kv::MultiResponse { results })
+}
+
+/// Serves `kv.v1.Kv/MultiStream` with `service`'s own handlers (see [`serve_stream`]).
+pub fn serve_kv_stream<S: kv::kv_server::Kv + Clone>(
+    service: S,
+    request: Request<Streaming<kv::MultiRequest>>,
+) -> Inbound<kv::MultiResponse> {
+    serve_stream(request.into_inner(), move |call| {
+        let service = service.clone();
+        async move { kv_call(&service, call, None).await }
+    })
 }
 
 /// Serves a `kv.node.v1.Node/Multi` request with `service`'s own Write and Read handlers, all
@@ -268,35 +476,27 @@ pub async fn serve_node<S: node::node_server::Node>(
     service: &S,
     request: Request<node::NodeMultiRequest>,
 ) -> Result<node::NodeMultiResponse, Status> {
-    use node::node_call::Call;
-    use node::node_call_result::Result as Outcome;
     let batch_timeout = request.metadata().get("grpc-timeout").cloned();
     let calls = request.into_inner().calls;
     check_count(calls.len())?;
-    let results = futures::future::join_all(calls.into_iter().map(|call| {
-        let timeout = batch_timeout.as_ref();
-        async move {
-            let t = call.timeout_ms;
-            let outcome = match call.call {
-                Some(Call::Write(r)) => service
-                    .write(unary(r, t, timeout))
-                    .await
-                    .map(|r| Outcome::Write(r.into_inner())),
-                Some(Call::Read(r)) => service
-                    .read(unary(r, t, timeout))
-                    .await
-                    .map(|r| Outcome::Read(r.into_inner())),
-                None => Err(Status::invalid_argument(
-                    "a call of the batch names no request",
-                )),
-            };
-            node::NodeCallResult {
-                result: Some(outcome.unwrap_or_else(|s| Outcome::Error(call_error(&s)))),
-            }
-        }
-    }))
+    let results = futures::future::join_all(
+        calls
+            .into_iter()
+            .map(|call| node_call(service, call, batch_timeout.as_ref())),
+    )
     .await;
     Ok(node::NodeMultiResponse { results })
+}
+
+/// Serves `kv.node.v1.Node/MultiStream` with `service`'s own handlers (see [`serve_stream`]).
+pub fn serve_node_stream<S: node::node_server::Node + Clone>(
+    service: S,
+    request: Request<Streaming<node::NodeMultiRequest>>,
+) -> Inbound<node::NodeMultiResponse> {
+    serve_stream(request.into_inner(), move |call| {
+        let service = service.clone();
+        async move { node_call(&service, call, None).await }
+    })
 }
 
 /// A call's budget as carried in the batch: whole milliseconds, at least one.
@@ -307,7 +507,6 @@ pub fn timeout_ms(budget: Duration) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn statuses_survive_the_trip_through_a_batch() {
@@ -345,62 +544,129 @@ mod tests {
         assert!(status.metadata().is_empty());
     }
 
-    #[tokio::test]
-    async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
-        let batches = Arc::new(AtomicUsize::new(0));
-        let counted = batches.clone();
-        let coalescer = Arc::new(Coalescer::new(
-            Shape {
-                max_calls: 64,
-                max_in_flight: 1,
-            },
-            move |calls: Vec<u32>, _budget| {
-                counted.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    Ok(calls
-                        .into_iter()
-                        .map(|c| {
-                            if c % 7 == 0 {
-                                Err(Status::invalid_argument(format!("{c} is refused")))
-                            } else {
-                                Ok(c * 2)
+    use crate::kv::call_result::Result as Outcome;
+
+    /// An in-memory peer: answers each Get call with its key as the value after `delay_ms` of
+    /// the key's first byte, fails the stream on a key "boom", and counts messages and opens.
+    fn peer(
+        opens: Arc<AtomicU64>,
+        messages: Arc<AtomicU64>,
+    ) -> Mux<kv::MultiRequest, kv::MultiResponse> {
+        Mux::new(move |mut outbound: Outbound<kv::MultiRequest>| {
+            opens.fetch_add(1, Ordering::SeqCst);
+            let messages = messages.clone();
+            async move {
+                let (tx, rx) = mpsc::unbounded_channel::<Result<kv::MultiResponse, Status>>();
+                tokio::spawn(async move {
+                    while let Some(message) = outbound.next().await {
+                        messages.fetch_add(1, Ordering::SeqCst);
+                        for call in message.calls {
+                            let Some(kv::call::Call::Get(get)) = call.call else {
+                                continue;
+                            };
+                            if get.key.as_ref() == b"boom" {
+                                let _ = tx.send(Err(Status::unavailable("connection reset")));
+                                return;
                             }
-                        })
-                        .collect())
-                }
-            },
-        ));
-        let calls = (1..=100u32).map(|c| {
-            let coalescer = coalescer.clone();
-            tokio::spawn(async move { (c, coalescer.call(c, Duration::from_secs(1)).await) })
-        });
-        let calls: Vec<_> = calls.collect();
-        for handle in calls {
-            let (c, outcome) = handle.await.unwrap();
-            match outcome {
-                Ok(v) => assert_eq!(v, c * 2),
-                Err(s) => {
-                    assert_eq!(c % 7, 0);
-                    assert_eq!(s.message(), format!("{c} is refused"));
-                }
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let delay = u64::from(get.key[0] - b'0') * 20;
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                                let _ = tx.send(Ok(kv::MultiResponse {
+                                    results: vec![kv::CallResult {
+                                        id: call.id,
+                                        result: Some(Outcome::Get(kv::GetResponse {
+                                            value: get.key.clone(),
+                                            ..Default::default()
+                                        })),
+                                    }],
+                                }));
+                            });
+                        }
+                    }
+                });
+                let inbound: Inbound<kv::MultiResponse> =
+                    Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+                Ok(inbound)
             }
+        })
+    }
+
+    fn get(key: &str) -> kv::Call {
+        kv::Call {
+            call: Some(kv::call::Call::Get(kv::GetRequest {
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                ..Default::default()
+            })),
+            ..Default::default()
         }
-        let sent = batches.load(Ordering::SeqCst);
-        assert!(sent < 100, "100 concurrent calls took {sent} batches");
+    }
+
+    fn value(result: kv::CallResult) -> String {
+        match result.result {
+            Some(Outcome::Get(g)) => String::from_utf8(g.value.to_vec()).unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
-    async fn a_failed_batch_fails_each_of_its_calls_and_a_short_answer_is_an_error() {
-        let failing = Coalescer::new(Shape::default(), |_calls: Vec<u32>, _| async {
-            Err::<Vec<Result<u32, Status>>, _>(Status::unavailable("connection refused"))
-        });
-        let err = failing.call(1, Duration::from_secs(1)).await.unwrap_err();
+    async fn concurrent_calls_share_messages_and_a_slow_one_holds_up_no_other() {
+        let (opens, messages) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mux = Arc::new(peer(opens.clone(), messages.clone()));
+        let slow = {
+            let mux = mux.clone();
+            tokio::spawn(async move { mux.call(get("9-slow")).await })
+        };
+        let fast: Vec<_> = (0..100)
+            .map(|i| {
+                let mux = mux.clone();
+                tokio::spawn(async move { (i, mux.call(get(&format!("0-{i}"))).await) })
+            })
+            .collect();
+        for call in fast {
+            let (i, result) = call.await.unwrap();
+            assert_eq!(value(result.unwrap()), format!("0-{i}"));
+        }
+        assert!(
+            !slow.is_finished(),
+            "the fast calls waited for the slow one"
+        );
+        assert_eq!(value(slow.await.unwrap().unwrap()), "9-slow");
+        assert_eq!(opens.load(Ordering::SeqCst), 1);
+        let sent = messages.load(Ordering::SeqCst);
+        assert!(sent < 50, "101 concurrent calls took {sent} messages");
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_fails_its_waiting_calls_and_the_next_call_reopens() {
+        let (opens, messages) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mux = Arc::new(peer(opens.clone(), messages));
+        let waiting = {
+            let mux = mux.clone();
+            tokio::spawn(async move { mux.call(get("5-waits")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let err = mux.call(get("boom")).await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
-        let short = Coalescer::new(Shape::default(), |_calls: Vec<u32>, _| async {
-            Ok::<Vec<Result<u32, Status>>, Status>(Vec::new())
-        });
-        let err = short.call(1, Duration::from_secs(1)).await.unwrap_err();
-        assert_eq!(err.code(), Code::Internal);
+        assert_eq!(
+            waiting.await.unwrap().unwrap_err().code(),
+            Code::Unavailable
+        );
+        assert_eq!(value(mux.call(get("0-again")).await.unwrap()), "0-again");
+        assert_eq!(opens.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_leaves_nothing_behind() {
+        let (opens, messages) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mux = peer(opens, messages);
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(20), mux.call(get("9-late"))).await;
+        assert!(gave_up.is_err());
+        let live = mux.live.lock().unwrap().clone().unwrap();
+        assert!(live.waiting.callers.lock().unwrap().is_empty());
+        // The late result, when it comes, finds nobody and is dropped.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(value(mux.call(get("0-next")).await.unwrap()), "0-next");
     }
 }

@@ -216,6 +216,18 @@ impl Node for FakeNode {
             .map(Response::new)
     }
 
+    type MultiStreamStream = kv_proto::multi::Inbound<kv_proto::node::NodeMultiResponse>;
+
+    async fn multi_stream(
+        &self,
+        request: Request<tonic::Streaming<kv_proto::node::NodeMultiRequest>>,
+    ) -> Result<Response<Self::MultiStreamStream>, Status> {
+        Ok(Response::new(kv_proto::multi::serve_node_stream(
+            self.clone(),
+            request,
+        )))
+    }
+
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let req = request.into_inner();
         if req.consistency == kv_proto::kv::Consistency::Eventual as i32 {

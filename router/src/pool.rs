@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kv_proto::multi::{status_of, Coalescer, Shape};
+use futures::StreamExt;
+use kv_proto::multi::{status_of, Inbound, Mux, Outbound};
 use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::node_client::NodeClient;
-use kv_proto::node::{NodeCall, NodeMultiRequest};
+use kv_proto::node::{NodeCall, NodeMultiRequest, NodeMultiResponse};
 use kv_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
@@ -22,10 +23,24 @@ use crate::error::RouterError;
 /// How long opening a TCP connection to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Reads and writes bound for one node, gathered into `Multi` requests.
-pub type NodeCalls = Coalescer<NodeCall, Outcome>;
+/// Reads and writes bound for one node, carried over one shared `MultiStream` call.
+#[derive(Debug)]
+pub struct NodeCalls(Mux<NodeMultiRequest, NodeMultiResponse>);
 
-/// What the router holds for one node: its client, and the coalescer in front of it.
+impl NodeCalls {
+    /// Runs one read or write; the caller bounds the wait (and sets its `timeout_ms`).
+    pub async fn call(&self, call: NodeCall) -> Result<Outcome, tonic::Status> {
+        match self.0.call(call).await?.result {
+            Some(Outcome::Error(e)) => Err(status_of(e)),
+            Some(outcome) => Ok(outcome),
+            None => Err(tonic::Status::internal(
+                "the node answered a call with nothing",
+            )),
+        }
+    }
+}
+
+/// What the router holds for one node: its client, and the call stream beside it.
 #[derive(Debug, Clone)]
 pub struct NodeConn {
     pub client: NodeClient<Channel>,
@@ -78,28 +93,24 @@ impl NodePool {
     }
 }
 
-/// Sends each batch as one `Node/Multi` call and unpacks the per-call outcomes.
+type Opening = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Inbound<NodeMultiResponse>, tonic::Status>> + Send>,
+>;
+
+/// Opens the node's `MultiStream` on the shared channel when the first call needs it.
 fn coalescer(client: NodeClient<Channel>) -> NodeCalls {
-    Coalescer::new(Shape::default(), move |calls, budget| {
+    NodeCalls(Mux::new(move |outbound: Outbound<NodeMultiRequest>| {
         let mut client = client.clone();
-        async move {
-            let response = client
-                .multi(crate::routing::timed(NodeMultiRequest { calls }, budget))
+        let opening: Opening = Box::pin(async move {
+            let inbound = client
+                .multi_stream(tonic::Request::new(outbound))
                 .await?
                 .into_inner();
-            Ok(response
-                .results
-                .into_iter()
-                .map(|r| match r.result {
-                    Some(Outcome::Error(e)) => Err(status_of(e)),
-                    Some(outcome) => Ok(outcome),
-                    None => Err(tonic::Status::internal(
-                        "the node answered a call with nothing",
-                    )),
-                })
-                .collect())
-        }
-    })
+            let inbound: Inbound<NodeMultiResponse> = Box::pin(inbound.boxed());
+            Ok(inbound)
+        });
+        opening
+    }))
 }
 
 #[cfg(test)]

@@ -602,9 +602,10 @@ impl Router {
             let call = NodeCall {
                 call: Some(node_call::Call::Read(request.clone())),
                 timeout_ms: timeout_ms(budget),
+                id: 0,
             };
             async move {
-                match conn.calls.call(call, budget).await? {
+                match conn.calls.call(call).await? {
                     Outcome::Read(r) => Ok(tonic::Response::new(r)),
                     _ => Err(Status::internal(
                         "the node answered a read with another kind",
@@ -665,9 +666,10 @@ impl Router {
                 let call = NodeCall {
                     call: Some(node_call::Call::Write(request.clone())),
                     timeout_ms: timeout_ms(budget),
+                    id: 0,
                 };
                 async move {
-                    match conn.calls.call(call, budget).await? {
+                    match conn.calls.call(call).await? {
                         Outcome::Write(r) => Ok(tonic::Response::new(r)),
                         _ => Err(Status::internal(
                             "the node answered a write with another kind",

@@ -147,4 +147,16 @@ impl Kv for KvService {
             .await
             .map(Response::new)
     }
+
+    type MultiStreamStream = kv_proto::multi::Inbound<MultiResponse>;
+
+    async fn multi_stream(
+        &self,
+        request: Request<tonic::Streaming<MultiRequest>>,
+    ) -> Result<Response<Self::MultiStreamStream>, Status> {
+        Ok(Response::new(kv_proto::multi::serve_kv_stream(
+            self.clone(),
+            request,
+        )))
+    }
 }
