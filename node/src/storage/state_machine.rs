@@ -43,7 +43,7 @@ struct StoredSnapshot {
 pub struct GroupData {
     pub data: sled::Tree,
     sm: sled::Tree,
-    dedup: sled::Tree,
+    pub(super) dedup: sled::Tree,
     applied: Arc<AtomicU64>,
     /// Bumped whenever the stored cluster map changes (meta group), so the node can reload it.
     map_changed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -445,13 +445,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
         })?;
         self.shared.applied.store(last.index, Ordering::Release);
-        if let Some(now) = entries.iter().rev().find_map(|e| match &e.payload {
-            EntryPayload::Normal(
-                Request::Write { dedup: Some(d), .. }
-                | Request::TrackedWrite { dedup: Some(d), .. },
-            ) => Some(d.at_ms),
-            _ => None,
-        }) {
+        // Every entry with request ids moves the log's clock, batch entries included: a group
+        // that only sees batches must forget too, or its table grows without end.
+        if let Some(now) = entries
+            .iter()
+            .rev()
+            .find_map(|e| request_ids(&e.payload).map(|(at, _)| at))
+        {
             self.forget_request_ids_before(now.saturating_sub(DEDUP_WINDOW_MS))?;
         }
         if responses.iter().any(|r| {

@@ -114,6 +114,52 @@ mod dedup {
             }),
         };
         sm.apply([batch]).await.unwrap();
+        // A group that only ever sees batch entries must forget too: a later batch past the
+        // window drops the first one's ids from the table.
+        let later = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 2),
+            payload: EntryPayload::Normal(Request::Writes {
+                writes: vec![sub("c", "id-c", 1_000 + DEDUP_WINDOW_MS + 1)],
+            }),
+        };
+        sm.apply([later]).await.unwrap();
+        let id_a = crate::keys::dedup_result_key(b"id-a");
+        assert!(
+            sm.data().dedup.get(&id_a).unwrap().is_none(),
+            "id-a kept past the window"
+        );
+        assert!(sm
+            .data()
+            .dedup
+            .get(crate::keys::dedup_result_key(b"id-c"))
+            .unwrap()
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn every_write_of_a_batch_entry_is_remembered_and_forgotten_by_a_later_put() {
+        use crate::types::SubWrite;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
+        let sub = |key: &str, id: &str, at_ms: u64| SubWrite {
+            ops: vec![Op::Put {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                expected_version: None,
+            }],
+            dedup: Some(Dedup {
+                id: id.as_bytes().to_vec(),
+                at_ms,
+            }),
+        };
+        let batch = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Request::Writes {
+                writes: vec![sub("a", "id-a", 1_000), sub("b", "id-b", 1_000)],
+            }),
+        };
+        sm.apply([batch]).await.unwrap();
         for (i, id) in [(2, "id-a"), (3, "id-b")] {
             let r = sm.apply([put(i, "x", Some(id), 1_001)]).await.unwrap();
             assert_eq!(version(&r[0]), 1, "{id} is answered from the table");
