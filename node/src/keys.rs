@@ -8,7 +8,7 @@
 //! | `g{id}.raft` | `vote`, `purged` | bincode `Vote` / `LogId` |
 //! | `g{id}.data` | the user key | version (u64 big-endian) then the value bytes |
 //! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map` | bincode |
-//! | `g{id}.dedup` | `r` + request id; `t` + at_ms + index (u64 big-endian each) | (at_ms, results); the entry's ids |
+//! | `g{id}.dedup` | `e` + at_ms + index (u64 big-endian each); legacy `r` + request id, `t` + at_ms + index | the entry's (id, results) pairs; legacy (at_ms, results), the entry's ids |
 //!
 //! The node tree `node` holds `config`: the bootstrap configuration (JSON) written on first
 //! start, so that a restart from the data dir ignores changed flags, and `map`: the newest
@@ -42,9 +42,12 @@ pub fn data_tree(group: GroupId) -> String {
     format!("g{group}.data")
 }
 
-/// Request ids a group has applied: `r` + id → bincode (at_ms, results); `t` + at_ms + log
-/// index (both u64 big-endian) → bincode list of the entry's ids, the index by age used to
-/// forget old ids (one record per entry, however many writes it carries).
+/// Request ids a group has applied: `e` + at_ms + log index (both u64 big-endian) → bincode
+/// list of the entry's (id, results) pairs, one record per entry however many writes it
+/// carries, ordered by age so that old ids are forgotten by a range scan. The node keeps the
+/// same table in memory, loaded at open, so that applying a write costs no lookup or insert
+/// per id. Written by earlier versions and still read (and forgotten as they age): `r` + id →
+/// bincode (at_ms, results), and `t` + at_ms + index → the entry's ids.
 pub fn dedup_tree(group: GroupId) -> String {
     format!("g{group}.dedup")
 }
@@ -57,8 +60,16 @@ pub fn dedup_result_key(id: &[u8]) -> Vec<u8> {
 }
 
 pub fn dedup_age_key(at_ms: u64, index: u64) -> [u8; 17] {
+    age_key(b't', at_ms, index)
+}
+
+pub fn dedup_entry_key(at_ms: u64, index: u64) -> [u8; 17] {
+    age_key(b'e', at_ms, index)
+}
+
+fn age_key(prefix: u8, at_ms: u64, index: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
-    k[0] = b't';
+    k[0] = prefix;
     k[1..9].copy_from_slice(&at_ms.to_be_bytes());
     k[9..].copy_from_slice(&index.to_be_bytes());
     k

@@ -1,6 +1,7 @@
 //! A group's state machine on sled: the user data tree and its applied state, implementing
 //! openraft's `RaftStateMachine`, with snapshots built from and installed into the data tree.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,6 +80,33 @@ pub struct StateMachine {
     shared: GroupData,
     flusher: Flusher,
     snapshot_seq: u64,
+    /// The request ids of the window and their results: the dedup tree's content, in memory
+    /// so that applying a write costs no sled lookup or insert per id (see [`keys::dedup_tree`]).
+    remembered: HashMap<Vec<u8>, Vec<OpResult>>,
+}
+
+/// Request ids applied by entries of one `apply` call, not yet in [`StateMachine::remembered`].
+type Fresh = HashMap<Vec<u8>, Vec<OpResult>>;
+
+/// The request-id table as stored: every entry record, and the legacy per-id records.
+fn load_remembered(dedup: &sled::Tree) -> Result<HashMap<Vec<u8>, Vec<OpResult>>, StorageError> {
+    let rerr = |e: sled::Error| read_err(ErrorSubject::StateMachine, e);
+    let mut remembered = HashMap::new();
+    for item in dedup.scan_prefix(b"e") {
+        let (_, raw) = item.map_err(rerr)?;
+        let pairs: Vec<(serde_bytes::ByteBuf, Vec<OpResult>)> =
+            bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+        for (id, results) in pairs {
+            remembered.insert(id.into_vec(), results);
+        }
+    }
+    for item in dedup.scan_prefix(b"r") {
+        let (key, raw) = item.map_err(rerr)?;
+        let (_, results): (u64, Vec<OpResult>) =
+            bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+        remembered.insert(key[1..].to_vec(), results);
+    }
+    Ok(remembered)
 }
 
 impl StateMachine {
@@ -105,6 +133,7 @@ impl StateMachine {
             },
             flusher,
             snapshot_seq: 0,
+            remembered: HashMap::new(),
         };
         // A crash in the middle of installing a snapshot leaves the marker: finish the job
         // from the stored snapshot before anyone reads the half-written data tree.
@@ -120,6 +149,7 @@ impl StateMachine {
                 me.install_body(&stored.data)?;
             }
         }
+        me.remembered = load_remembered(&me.shared.dedup)?;
         let (applied, _) = me.read_applied()?;
         me.shared
             .applied
@@ -154,16 +184,29 @@ impl StateMachine {
 
     /// Forgets request ids older than `cutoff_ms` (the log's clock). Outside the apply
     /// transaction: forgetting is idempotent, and an id only matters within the window.
-    fn forget_request_ids_before(&self, cutoff_ms: u64) -> Result<(), StorageError> {
+    fn forget_request_ids_before(&mut self, cutoff_ms: u64) -> Result<(), StorageError> {
         let werr = |e: sled::Error| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e);
-        let end = keys::dedup_age_key(cutoff_ms, 0);
+        let derr = |e: bincode::Error| read_err(ErrorSubject::StateMachine, e);
         let mut batch = sled::Batch::default();
         let mut n = 0;
+        let end = keys::dedup_entry_key(cutoff_ms, 0);
+        for item in self.shared.dedup.range(&b"e"[..]..&end[..]) {
+            let (entry_key, raw) = item.map_err(werr)?;
+            let pairs: Vec<(serde_bytes::ByteBuf, Vec<OpResult>)> =
+                bincode::deserialize(&raw).map_err(derr)?;
+            for (id, _) in pairs {
+                self.remembered.remove(id.as_slice());
+            }
+            batch.remove(entry_key);
+            n += 1;
+        }
+        // Records of earlier versions.
+        let end = keys::dedup_age_key(cutoff_ms, 0);
         for item in self.shared.dedup.range(&b"t"[..]..&end[..]) {
             let (age_key, raw) = item.map_err(werr)?;
-            let ids: Vec<serde_bytes::ByteBuf> =
-                bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+            let ids: Vec<serde_bytes::ByteBuf> = bincode::deserialize(&raw).map_err(derr)?;
             for id in ids {
+                self.remembered.remove(id.as_slice());
                 batch.remove(keys::dedup_result_key(&id));
             }
             batch.remove(age_key);
@@ -206,6 +249,7 @@ impl StateMachine {
             batch.insert(k.into_vec(), v.into_vec());
         }
         self.shared.dedup.apply_batch(batch).map_err(werr)?;
+        self.remembered = load_remembered(&self.shared.dedup)?;
         sm.insert(keys::APPLIED, ser(&body.last_applied)?)
             .map_err(werr)?;
         sm.insert(keys::MEMBERSHIP, ser(&body.membership)?)
@@ -253,19 +297,18 @@ fn change_map(
 }
 
 /// Applies a write's ops unless its request id was applied before, in which case the first
-/// result is returned again and nothing changes.
+/// result is returned again and nothing changes. A newly applied id goes into `fresh`.
 fn apply_write(
     data: &TransactionalTree,
-    dedup: &TransactionalTree,
+    remembered: &HashMap<Vec<u8>, Vec<OpResult>>,
+    fresh: &mut Fresh,
     ops: &[Op],
     request: Option<&Dedup>,
     index: u64,
 ) -> Result<Vec<OpResult>, ConflictableTransactionError<()>> {
     if let Some(r) = request {
-        if let Some(raw) = dedup.get(keys::dedup_result_key(&r.id))? {
-            if let Ok((_, results)) = bincode::deserialize::<(u64, Vec<OpResult>)>(&raw) {
-                return Ok(results);
-            }
+        if let Some(first) = fresh.get(&r.id).or_else(|| remembered.get(&r.id)) {
+            return Ok(first.clone());
         }
     }
     let results = ops
@@ -273,9 +316,7 @@ fn apply_write(
         .map(|op| apply_op(data, op, index))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(r) = request {
-        let raw = bincode::serialize(&(r.at_ms, &results))
-            .map_err(|_| ConflictableTransactionError::Abort(()))?;
-        dedup.insert(keys::dedup_result_key(&r.id), raw)?;
+        fresh.insert(r.id.clone(), results.clone());
     }
     Ok(results)
 }
@@ -296,17 +337,20 @@ fn request_ids(payload: &EntryPayload<TypeConfig>) -> Option<(u64, Vec<&[u8]>)> 
     Some((at, dedups.iter().map(|d| d.id.as_slice()).collect()))
 }
 
-/// Applies one op inside the apply transaction.
+/// Applies one op inside the apply transaction. An unconditional op learns the key's previous
+/// version from the insert or remove itself: one sled operation instead of two.
 fn apply_op(
     data: &TransactionalTree,
     op: &Op,
     index: u64,
 ) -> Result<OpResult, ConflictableTransactionError<()>> {
-    let current = data.get(op.key())?;
-    let previous_version = current
-        .as_deref()
-        .and_then(keys::decode_value)
-        .map_or(0, |(v, _)| v);
+    let version_of = |v: Option<sled::IVec>| -> (bool, u64) {
+        let previous = v
+            .as_deref()
+            .and_then(keys::decode_value)
+            .map_or(0, |(v, _)| v);
+        (v.is_some(), previous)
+    };
     let expected = match op {
         Op::Put {
             expected_version, ..
@@ -315,23 +359,24 @@ fn apply_op(
             expected_version, ..
         } => *expected_version,
     };
-    let existed = current.is_some();
-    if expected.is_some_and(|e| e != previous_version) {
-        return Ok(OpResult {
-            version: 0,
-            existed,
-            condition_failed: true,
-            previous_version,
-        });
+    if let Some(expected) = expected {
+        let (existed, previous_version) = version_of(data.get(op.key())?);
+        if expected != previous_version {
+            return Ok(OpResult {
+                version: 0,
+                existed,
+                condition_failed: true,
+                previous_version,
+            });
+        }
     }
-    match op {
+    let replaced = match op {
         Op::Put { key, value, .. } => {
-            data.insert(key.as_slice(), keys::encode_value(index, value))?;
+            data.insert(key.as_slice(), keys::encode_value(index, value))?
         }
-        Op::Delete { key, .. } => {
-            data.remove(key.as_slice())?;
-        }
-    }
+        Op::Delete { key, .. } => data.remove(key.as_slice())?,
+    };
+    let (existed, previous_version) = version_of(replaced);
     Ok(OpResult {
         version: index,
         existed,
@@ -366,11 +411,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Data and the applied marker change in one transaction, so a crash never leaves them
         // disagreeing. The closure may run more than once on conflict: it must not have effects
         // outside the transaction.
-        let result: Result<Vec<Response>, TransactionError<()>> =
+        let remembered = &self.remembered;
+        let result: Result<(Vec<Response>, Fresh), TransactionError<()>> =
             (&self.shared.data, &self.shared.sm, &self.shared.dedup).transaction(
                 |(data, sm, dedup)| {
                     let mut responses = Vec::with_capacity(entries.len());
+                    let mut fresh = Fresh::new();
                     for e in &entries {
+                        let before = fresh.len();
                         let resp = match &e.payload {
                             EntryPayload::Blank | EntryPayload::Membership(_) => Response::None,
                             EntryPayload::Normal(Request::Writes { writes }) => Response::Writes(
@@ -379,7 +427,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     .map(|w| {
                                         apply_write(
                                             data,
-                                            dedup,
+                                            remembered,
+                                            &mut fresh,
                                             &w.ops,
                                             w.dedup.as_ref(),
                                             e.log_id.index,
@@ -392,7 +441,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 | Request::TrackedWrite { ops, dedup: d, .. },
                             ) => Response::Write(apply_write(
                                 data,
-                                dedup,
+                                remembered,
+                                &mut fresh,
                                 ops,
                                 d.as_ref(),
                                 e.log_id.index,
@@ -423,10 +473,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 Response::ClusterMap { stored }
                             }
                         };
-                        if let Some((at, ids)) = request_ids(&e.payload) {
-                            let raw = bincode::serialize(&ids)
-                                .map_err(|_| ConflictableTransactionError::Abort(()))?;
-                            dedup.insert(&keys::dedup_age_key(at, e.log_id.index)[..], raw)?;
+                        // The ids this entry applied, with their results, in one record.
+                        if fresh.len() > before {
+                            if let Some((at, ids)) = request_ids(&e.payload) {
+                                let pairs: Vec<(&[u8], &Vec<OpResult>)> = ids
+                                    .into_iter()
+                                    .filter_map(|id| fresh.get(id).map(|r| (id, r)))
+                                    .collect();
+                                let raw = bincode::serialize(&pairs)
+                                    .map_err(|_| ConflictableTransactionError::Abort(()))?;
+                                dedup
+                                    .insert(&keys::dedup_entry_key(at, e.log_id.index)[..], raw)?;
+                            }
                         }
                         responses.push(resp);
                     }
@@ -434,16 +492,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     if let Some(m) = &membership_raw {
                         sm.insert(keys::MEMBERSHIP, m.as_slice())?;
                     }
-                    Ok(responses)
+                    Ok((responses, fresh))
                 },
             );
-        let responses = result.map_err(|e| {
+        let (responses, fresh) = result.map_err(|e| {
             sto_err(
                 ErrorSubject::Apply(last),
                 ErrorVerb::Write,
                 std::io::Error::other(format!("{e:?}")),
             )
         })?;
+        self.remembered.extend(fresh);
         self.shared.applied.store(last.index, Ordering::Release);
         // Every entry with request ids moves the log's clock, batch entries included: a group
         // that only sees batches must forget too, or its table grows without end.

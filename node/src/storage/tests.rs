@@ -123,17 +123,62 @@ mod dedup {
             }),
         };
         sm.apply([later]).await.unwrap();
-        let id_a = crate::keys::dedup_result_key(b"id-a");
-        assert!(
-            sm.data().dedup.get(&id_a).unwrap().is_none(),
-            "id-a kept past the window"
-        );
-        assert!(sm
-            .data()
-            .dedup
-            .get(crate::keys::dedup_result_key(b"id-c"))
+        // The table outlives a restart: reopened from the same database, id-c is still answered
+        // with its first result, and id-a (past the window) applies anew.
+        drop(sm);
+        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
+        let r = sm
+            .apply([put(3, "x", Some("id-c"), 1_000 + DEDUP_WINDOW_MS + 2)])
+            .await
+            .unwrap();
+        assert_eq!(version(&r[0]), 2, "id-c is answered from the table");
+        let r = sm
+            .apply([put(4, "x", Some("id-a"), 1_000 + DEDUP_WINDOW_MS + 3)])
+            .await
+            .unwrap();
+        assert_eq!(version(&r[0]), 4, "id-a was forgotten past the window");
+    }
+
+    #[tokio::test]
+    async fn request_ids_stored_by_earlier_versions_are_still_answered_then_forgotten() {
+        use crate::types::OpResult;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let dedup = db.open_tree(crate::keys::dedup_tree(1)).unwrap();
+        let first = vec![OpResult {
+            version: 7,
+            existed: false,
+            condition_failed: false,
+            previous_version: 0,
+        }];
+        dedup
+            .insert(
+                crate::keys::dedup_result_key(b"old"),
+                bincode::serialize(&(1_000u64, &first)).unwrap(),
+            )
+            .unwrap();
+        let ids = vec![serde_bytes::ByteBuf::from(b"old".to_vec())];
+        dedup
+            .insert(
+                crate::keys::dedup_age_key(1_000, 7),
+                bincode::serialize(&ids).unwrap(),
+            )
+            .unwrap();
+        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
+        let r = sm.apply([put(8, "x", Some("old"), 1_001)]).await.unwrap();
+        assert_eq!(version(&r[0]), 7, "answered from the legacy record");
+        sm.apply([put(9, "y", Some("new"), 1_000 + DEDUP_WINDOW_MS + 1)])
+            .await
+            .unwrap();
+        assert!(dedup
+            .get(crate::keys::dedup_result_key(b"old"))
             .unwrap()
-            .is_some());
+            .is_none());
+        let r = sm
+            .apply([put(10, "x", Some("old"), 1_000 + DEDUP_WINDOW_MS + 2)])
+            .await
+            .unwrap();
+        assert_eq!(version(&r[0]), 10, "forgotten past the window");
     }
 
     #[tokio::test]
