@@ -603,6 +603,61 @@ async fn concurrent_calls_share_multi_rpcs_and_keep_their_own_outcomes() {
 }
 
 #[tokio::test]
+async fn a_raw_call_stream_answers_each_call_by_id_and_refuses_empty_calls() {
+    let (addr, _state) = start().await;
+    let mut kv = kv::kv_client::KvClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let put = kv::Call {
+        call: Some(kv::call::Call::Put(kv::PutRequest {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+            ..Default::default()
+        })),
+        timeout_ms: 1000,
+        id: 7,
+    };
+    let empty = kv::Call {
+        call: None,
+        timeout_ms: 0,
+        id: 8,
+    };
+    let bad_key = kv::Call {
+        call: Some(kv::call::Call::Get(kv::GetRequest::default())),
+        timeout_ms: 1000,
+        id: 9,
+    };
+    let outbound = tokio_stream::iter(vec![kv::MultiRequest {
+        calls: vec![put, empty, bad_key],
+    }]);
+    let mut inbound = kv.multi_stream(outbound).await.unwrap().into_inner();
+    let mut results = std::collections::HashMap::new();
+    while let Some(message) = inbound.message().await.unwrap() {
+        for r in message.results {
+            results.insert(r.id, r.result.unwrap());
+        }
+    }
+    assert_eq!(
+        results.len(),
+        3,
+        "every call answered once the caller stops sending"
+    );
+    assert!(matches!(results[&7], kv::call_result::Result::Put(_)));
+    for id in [8, 9] {
+        match &results[&id] {
+            kv::call_result::Result::Error(e) => {
+                assert_eq!(
+                    e.code,
+                    tonic::Code::InvalidArgument as i32,
+                    "call {id}: {e:?}"
+                )
+            }
+            other => panic!("call {id}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_router_without_multi_gets_one_rpc_per_call() {
     let (addr, state) = start().await;
     state.no_multi.store(true, Ordering::SeqCst);
