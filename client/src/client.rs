@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use kv_proto::kv::call::Call;
 use kv_proto::kv::call_result::Result as Outcome;
 use kv_proto::kv::{self, admin_client::AdminClient, kv_client::KvClient};
-use kv_proto::multi::{status_of, timeout_ms, Inbound, Mux, Outbound};
+use kv_proto::multi::{self, timeout_ms, Answer, Mux, Outbound};
 use kv_proto::MAX_MESSAGE_BYTES;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -88,23 +87,11 @@ impl Router {
     }
 }
 
-type Opening = std::pin::Pin<
-    Box<dyn Future<Output = Result<Inbound<kv::MultiResponse>, tonic::Status>> + Send>,
->;
-
 /// Opens the router's `MultiStream` on the shared channel when the first call needs it.
 fn multiplexer(kv: KvClient<Channel>) -> Calls {
     Mux::new(move |outbound: Outbound<kv::MultiRequest>| {
         let mut kv = kv.clone();
-        let opening: Opening = Box::pin(async move {
-            let inbound = kv
-                .multi_stream(tonic::Request::new(outbound))
-                .await?
-                .into_inner();
-            let inbound: Inbound<kv::MultiResponse> = Box::pin(inbound.boxed());
-            Ok(inbound)
-        });
-        opening
+        multi::opening(async move { kv.multi_stream(tonic::Request::new(outbound)).await })
     })
 }
 
@@ -131,15 +118,7 @@ async fn one_call(
             id: 0,
         };
         match router.calls.call(shared).await {
-            Ok(result) => {
-                return match result.result {
-                    Some(Outcome::Error(e)) => Err(status_of(e)),
-                    Some(outcome) => Ok(outcome),
-                    None => Err(tonic::Status::internal(
-                        "the router answered a call with nothing",
-                    )),
-                }
-            }
+            Ok(result) => return result.outcome(),
             // The router predates the stream: from now on, one RPC per call.
             Err(s) if s.code() == Code::Unimplemented => {
                 router.multi.store(false, Ordering::Relaxed);

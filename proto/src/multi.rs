@@ -76,6 +76,38 @@ macro_rules! batch {
     };
 }
 
+/// A result as the caller wants it: the call's own outcome, or the status it failed with.
+pub trait Answer {
+    type Outcome;
+    fn outcome(self) -> Result<Self::Outcome, Status>;
+}
+
+macro_rules! answer {
+    ($item:ty, $outcome:ty, $($error:ident)::+) => {
+        impl Answer for $item {
+            type Outcome = $outcome;
+            fn outcome(self) -> Result<$outcome, Status> {
+                match self.result {
+                    Some($($error)::+(e)) => Err(status_of(e)),
+                    Some(outcome) => Ok(outcome),
+                    None => Err(Status::internal("the peer answered a call with nothing")),
+                }
+            }
+        }
+    };
+}
+
+answer!(
+    kv::CallResult,
+    kv::call_result::Result,
+    kv::call_result::Result::Error
+);
+answer!(
+    node::NodeCallResult,
+    node::node_call_result::Result,
+    node::node_call_result::Result::Error
+);
+
 batch!(kv::MultiRequest, calls, kv::Call);
 batch!(kv::MultiResponse, results, kv::CallResult);
 batch!(node::NodeMultiRequest, calls, node::NodeCall);
@@ -112,7 +144,22 @@ impl<B: Batch> Stream for Outbound<B> {
         std::task::Poll::Ready(Some(B::from_items(items)))
     }
 }
-type Opening<R> = Pin<Box<dyn Future<Output = Result<Inbound<R>, Status>> + Send>>;
+/// A stream being opened, as [`Mux::new`] takes it (see [`opening`]).
+pub type Opening<R> = Pin<Box<dyn Future<Output = Result<Inbound<R>, Status>> + Send>>;
+
+/// Wraps a generated client's `multi_stream(...)` call for [`Mux::new`]. Boxed here, with its
+/// type spelled out, because coercing such a future to `dyn Future + Send` inside a closure
+/// trips the same compiler bug as [`Outbound`] avoids.
+pub fn opening<R, F>(call: F) -> Opening<R>
+where
+    R: Batch,
+    F: Future<Output = Result<tonic::Response<Streaming<R>>, Status>> + Send + 'static,
+{
+    Box::pin(async move {
+        let inbound: Inbound<R> = Box::pin(call.await?.into_inner());
+        Ok(inbound)
+    })
+}
 type Opener<Q, R> = Box<dyn Fn(Outbound<Q>) -> Opening<R> + Send + Sync>;
 type Waiter<T> = oneshot::Sender<Result<T, Status>>;
 
@@ -441,22 +488,36 @@ async fn node_call<S: node::node_server::Node>(
     }
 }
 
-/// Serves a `kv.v1.Kv/Multi` request with `service`'s own Get, Put and Delete handlers, all
-/// calls concurrently.
-pub async fn serve_kv<S: kv::kv_server::Kv>(
-    service: &S,
-    request: Request<kv::MultiRequest>,
-) -> Result<kv::MultiResponse, Status> {
+/// Serves a unary `Multi` request: every call through `handle` (given the batch's
+/// `grpc-timeout` for calls without a budget of their own), all concurrently, answered together.
+async fn serve_batch<Q, R, H, Fut>(request: Request<Q>, handle: H) -> Result<R, Status>
+where
+    Q: Batch,
+    R: Batch,
+    H: Fn(Q::Item, Option<AsciiMetadataValue>) -> Fut,
+    Fut: Future<Output = R::Item>,
+{
     let batch_timeout = request.metadata().get("grpc-timeout").cloned();
-    let calls = request.into_inner().calls;
+    let calls = request.into_inner().into_items();
     check_count(calls.len())?;
     let results = futures::future::join_all(
         calls
             .into_iter()
-            .map(|call| kv_call(service, call, batch_timeout.as_ref())),
+            .map(|call| handle(call, batch_timeout.clone())),
     )
     .await;
-    Ok(kv::MultiResponse { results })
+    Ok(R::from_items(results))
+}
+
+/// Serves a `kv.v1.Kv/Multi` request with `service`'s own Get, Put and Delete handlers.
+pub async fn serve_kv<S: kv::kv_server::Kv>(
+    service: &S,
+    request: Request<kv::MultiRequest>,
+) -> Result<kv::MultiResponse, Status> {
+    serve_batch(request, |call, timeout| async move {
+        kv_call(service, call, timeout.as_ref()).await
+    })
+    .await
 }
 
 /// Serves `kv.v1.Kv/MultiStream` with `service`'s own handlers (see [`serve_stream`]).
@@ -470,22 +531,15 @@ pub fn serve_kv_stream<S: kv::kv_server::Kv + Clone>(
     })
 }
 
-/// Serves a `kv.node.v1.Node/Multi` request with `service`'s own Write and Read handlers, all
-/// calls concurrently.
+/// Serves a `kv.node.v1.Node/Multi` request with `service`'s own Write and Read handlers.
 pub async fn serve_node<S: node::node_server::Node>(
     service: &S,
     request: Request<node::NodeMultiRequest>,
 ) -> Result<node::NodeMultiResponse, Status> {
-    let batch_timeout = request.metadata().get("grpc-timeout").cloned();
-    let calls = request.into_inner().calls;
-    check_count(calls.len())?;
-    let results = futures::future::join_all(
-        calls
-            .into_iter()
-            .map(|call| node_call(service, call, batch_timeout.as_ref())),
-    )
-    .await;
-    Ok(node::NodeMultiResponse { results })
+    serve_batch(request, |call, timeout| async move {
+        node_call(service, call, timeout.as_ref()).await
+    })
+    .await
 }
 
 /// Serves `kv.node.v1.Node/MultiStream` with `service`'s own handlers (see [`serve_stream`]).

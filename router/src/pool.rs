@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use kv_proto::multi::{status_of, Inbound, Mux, Outbound};
+use kv_proto::multi::{self, Answer, Mux, Outbound};
 use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::node_client::NodeClient;
 use kv_proto::node::{NodeCall, NodeMultiRequest, NodeMultiResponse};
@@ -30,13 +29,7 @@ pub struct NodeCalls(Mux<NodeMultiRequest, NodeMultiResponse>);
 impl NodeCalls {
     /// Runs one read or write; the caller bounds the wait (and sets its `timeout_ms`).
     pub async fn call(&self, call: NodeCall) -> Result<Outcome, tonic::Status> {
-        match self.0.call(call).await?.result {
-            Some(Outcome::Error(e)) => Err(status_of(e)),
-            Some(outcome) => Ok(outcome),
-            None => Err(tonic::Status::internal(
-                "the node answered a call with nothing",
-            )),
-        }
+        self.0.call(call).await?.outcome()
     }
 }
 
@@ -93,23 +86,11 @@ impl NodePool {
     }
 }
 
-type Opening = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Inbound<NodeMultiResponse>, tonic::Status>> + Send>,
->;
-
 /// Opens the node's `MultiStream` on the shared channel when the first call needs it.
 fn coalescer(client: NodeClient<Channel>) -> NodeCalls {
     NodeCalls(Mux::new(move |outbound: Outbound<NodeMultiRequest>| {
         let mut client = client.clone();
-        let opening: Opening = Box::pin(async move {
-            let inbound = client
-                .multi_stream(tonic::Request::new(outbound))
-                .await?
-                .into_inner();
-            let inbound: Inbound<NodeMultiResponse> = Box::pin(inbound.boxed());
-            Ok(inbound)
-        });
-        opening
+        multi::opening(async move { client.multi_stream(tonic::Request::new(outbound)).await })
     }))
 }
 
