@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, KeyAndValueRef};
 use tonic::{Code, Request, Status, Streaming};
 
@@ -115,35 +115,39 @@ batch!(node::NodeMultiResponse, results, node::NodeCallResult);
 
 /// The messages a stream yields.
 pub type Inbound<B> = Pin<Box<dyn Stream<Item = Result<B, Status>> + Send>>;
-/// The messages a caller writes to a stream: whatever calls have queued, as one message at a
-/// time. A named type rather than a combinator chain: futures holding the latter trip a
-/// compiler bug (rust-lang/rust#102211, "higher-ranked lifetime error") once boxed as `Send`.
-pub struct Outbound<B: Batch> {
-    queue: mpsc::UnboundedReceiver<B::Item>,
+/// The messages a caller writes to a stream (and a server writes back): whatever has queued,
+/// as one message at a time. `T` is what the queue holds, `item` what of it goes out. A named
+/// type rather than a combinator chain: futures holding the latter trip a compiler bug
+/// (rust-lang/rust#102211, "higher-ranked lifetime error") once boxed as `Send`.
+pub struct Outbound<B: Batch, T = <B as Batch>::Item> {
+    queue: mpsc::UnboundedReceiver<T>,
+    item: fn(T) -> B::Item,
 }
 
-impl<B: Batch> Stream for Outbound<B> {
+impl<B: Batch, T> Stream for Outbound<B, T> {
     type Item = B;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<B>> {
+        let item = self.item;
         let first = match self.queue.poll_recv(cx) {
-            std::task::Poll::Ready(Some(item)) => item,
+            std::task::Poll::Ready(Some(queued)) => item(queued),
             std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
             std::task::Poll::Pending => return std::task::Poll::Pending,
         };
         let mut items = vec![first];
         while items.len() < MESSAGE_CALLS {
             match self.queue.try_recv() {
-                Ok(item) => items.push(item),
+                Ok(queued) => items.push(item(queued)),
                 Err(_) => break,
             }
         }
         std::task::Poll::Ready(Some(B::from_items(items)))
     }
 }
+
 /// A stream being opened, as [`Mux::new`] takes it (see [`opening`]).
 pub type Opening<R> = Pin<Box<dyn Future<Output = Result<Inbound<R>, Status>> + Send>>;
 
@@ -297,7 +301,10 @@ impl<Q: Batch, R: Batch> Mux<Q, R> {
             callers: Mutex::new(HashMap::new()),
             ended: AtomicBool::new(false),
         });
-        let outbound = Outbound { queue: queued };
+        let outbound = Outbound {
+            queue: queued,
+            item: std::convert::identity,
+        };
         tokio::spawn(read(waiting.clone(), (self.open)(outbound)));
         let fresh = Live { calls, waiting };
         *live = Some(fresh.clone());
@@ -326,6 +333,12 @@ async fn read<R: Batch>(waiting: Arc<Waiting<R::Item>>, opening: Opening<R>) {
     waiting.end(&status);
 }
 
+/// Calls one stream may have open on a server (running, or answered but not yet written back).
+/// A caller that sends more waits: the server stops reading its stream, and HTTP/2 flow control
+/// holds the caller back. Without a bound, a caller that sends without reading would grow the
+/// server's memory without end.
+pub const STREAM_CALLS_IN_FLIGHT: usize = 8192;
+
 /// Serves a stream of call batches: every call runs in its own task through `handle`, and
 /// results go back, batched as they are ready, named by their call's id. The stream ends once
 /// the caller has stopped sending and every call has been answered.
@@ -336,22 +349,31 @@ where
     H: Fn(Q::Item) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R::Item> + Send + 'static,
 {
-    let (results, ready) = mpsc::unbounded_channel::<R::Item>();
+    let (results, ready) = mpsc::unbounded_channel();
+    let slots = Arc::new(Semaphore::new(STREAM_CALLS_IN_FLIGHT));
     tokio::spawn(async move {
         while let Ok(Some(message)) = incoming.message().await {
             for call in message.into_items() {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let id = call.id();
                 let results = results.clone();
                 let answer = handle(call);
                 tokio::spawn(async move {
                     let mut result = answer.await;
                     result.set_id(id);
-                    let _ = results.send(result);
+                    let _ = results.send((result, slot));
                 });
             }
         }
     });
-    Box::pin(Outbound::<R> { queue: ready }.map(Ok))
+    // Taking a result out of the queue frees its call's slot.
+    let answers: Outbound<R, (R::Item, OwnedSemaphorePermit)> = Outbound {
+        queue: ready,
+        item: |(item, _slot)| item,
+    };
+    Box::pin(answers.map(Ok))
 }
 
 /// A failed call's status as it travels inside a batch.
