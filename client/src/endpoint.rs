@@ -53,6 +53,9 @@ pub(crate) fn normalize(raw: &str) -> Result<String, Error> {
     Ok(url)
 }
 
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A lazily connected channel to one normalized address.
 pub(crate) fn channel(url: &str, options: &ClientOptions) -> Result<Channel, Error> {
     let endpoint = Endpoint::from_shared(url.to_owned())
@@ -61,7 +64,12 @@ pub(crate) fn channel(url: &str, options: &ClientOptions) -> Result<Channel, Err
             message: e.to_string(),
         })?
         .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // Calls share one long-lived stream per router: a router that vanished without closing
+        // the connection (a partition, a dead host) must be noticed, so that the stream fails
+        // and the next call opens another, instead of every call timing out on the old one.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     Ok(endpoint.connect_lazy())
 }
 
