@@ -47,6 +47,28 @@ mod dedup {
         }
     }
 
+    /// A batch entry at `index` of one put per `(key, request id, at_ms)`.
+    fn batch(index: u64, writes: &[(&str, &str, u64)]) -> Entry {
+        let writes = writes
+            .iter()
+            .map(|&(key, id, at_ms)| crate::types::SubWrite {
+                ops: vec![Op::Put {
+                    key: key.as_bytes().to_vec(),
+                    value: b"v".to_vec(),
+                    expected_version: None,
+                }],
+                dedup: Some(Dedup {
+                    id: id.as_bytes().to_vec(),
+                    at_ms,
+                }),
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request::Writes { writes }),
+        }
+    }
+
     fn version(r: &Response) -> u64 {
         match r {
             Response::Write(results) => results[0].version,
@@ -92,37 +114,17 @@ mod dedup {
 
     #[tokio::test]
     async fn every_write_of_a_batch_entry_is_remembered_and_forgotten() {
-        use crate::types::SubWrite;
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
-        let sub = |key: &str, id: &str, at_ms: u64| SubWrite {
-            ops: vec![Op::Put {
-                key: key.as_bytes().to_vec(),
-                value: b"v".to_vec(),
-                expected_version: None,
-            }],
-            dedup: Some(Dedup {
-                id: id.as_bytes().to_vec(),
-                at_ms,
-            }),
-        };
-        let batch = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
-            payload: EntryPayload::Normal(Request::Writes {
-                writes: vec![sub("a", "id-a", 1_000), sub("b", "id-b", 1_000)],
-            }),
-        };
-        sm.apply([batch]).await.unwrap();
+        sm.apply([batch(1, &[("a", "id-a", 1_000), ("b", "id-b", 1_000)])])
+            .await
+            .unwrap();
         // A group that only ever sees batch entries must forget too: a later batch past the
         // window drops the first one's ids from the table.
-        let later = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), 2),
-            payload: EntryPayload::Normal(Request::Writes {
-                writes: vec![sub("c", "id-c", 1_000 + DEDUP_WINDOW_MS + 1)],
-            }),
-        };
-        sm.apply([later]).await.unwrap();
+        sm.apply([batch(2, &[("c", "id-c", 1_000 + DEDUP_WINDOW_MS + 1)])])
+            .await
+            .unwrap();
         // The table outlives a restart: reopened from the same database, id-c is still answered
         // with its first result, and id-a (past the window) applies anew.
         drop(sm);
@@ -183,28 +185,12 @@ mod dedup {
 
     #[tokio::test]
     async fn every_write_of_a_batch_entry_is_remembered_and_forgotten_by_a_later_put() {
-        use crate::types::SubWrite;
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
-        let sub = |key: &str, id: &str, at_ms: u64| SubWrite {
-            ops: vec![Op::Put {
-                key: key.as_bytes().to_vec(),
-                value: b"v".to_vec(),
-                expected_version: None,
-            }],
-            dedup: Some(Dedup {
-                id: id.as_bytes().to_vec(),
-                at_ms,
-            }),
-        };
-        let batch = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
-            payload: EntryPayload::Normal(Request::Writes {
-                writes: vec![sub("a", "id-a", 1_000), sub("b", "id-b", 1_000)],
-            }),
-        };
-        sm.apply([batch]).await.unwrap();
+        sm.apply([batch(1, &[("a", "id-a", 1_000), ("b", "id-b", 1_000)])])
+            .await
+            .unwrap();
         for (i, id) in [(2, "id-a"), (3, "id-b")] {
             let r = sm.apply([put(i, "x", Some(id), 1_001)]).await.unwrap();
             assert_eq!(version(&r[0]), 1, "{id} is answered from the table");
