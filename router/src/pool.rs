@@ -13,7 +13,10 @@ use std::time::Duration;
 use kv_proto::multi::{self, Answer, Mux, Outbound};
 use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::node_client::NodeClient;
-use kv_proto::node::{NodeCall, NodeMultiRequest, NodeMultiResponse};
+use kv_proto::node::{
+    node_call, NodeCall, NodeMultiRequest, NodeMultiResponse, ReadRequest, ReadResponse,
+    WriteRequest, WriteResponse,
+};
 use kv_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
@@ -27,8 +30,44 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct NodeCalls(Mux<NodeMultiRequest, NodeMultiResponse>);
 
 impl NodeCalls {
-    /// Runs one read or write; the caller bounds the wait (and sets its `timeout_ms`).
-    pub async fn call(&self, call: NodeCall) -> Result<Outcome, tonic::Status> {
+    /// Runs one read; `budget` becomes the call's `timeout_ms`, and the caller bounds the wait.
+    pub async fn read(
+        &self,
+        request: ReadRequest,
+        budget: Duration,
+    ) -> Result<tonic::Response<ReadResponse>, tonic::Status> {
+        match self.call(node_call::Call::Read(request), budget).await? {
+            Outcome::Read(r) => Ok(tonic::Response::new(r)),
+            _ => Err(tonic::Status::internal(
+                "the node answered a read with another kind",
+            )),
+        }
+    }
+
+    /// Runs one write, as [`NodeCalls::read`].
+    pub async fn write(
+        &self,
+        request: WriteRequest,
+        budget: Duration,
+    ) -> Result<tonic::Response<WriteResponse>, tonic::Status> {
+        match self.call(node_call::Call::Write(request), budget).await? {
+            Outcome::Write(r) => Ok(tonic::Response::new(r)),
+            _ => Err(tonic::Status::internal(
+                "the node answered a write with another kind",
+            )),
+        }
+    }
+
+    async fn call(
+        &self,
+        call: node_call::Call,
+        budget: Duration,
+    ) -> Result<Outcome, tonic::Status> {
+        let call = NodeCall {
+            call: Some(call),
+            timeout_ms: multi::timeout_ms(budget),
+            id: 0,
+        };
         self.0.call(call).await?.outcome()
     }
 }

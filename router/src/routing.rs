@@ -29,11 +29,9 @@ use kv_proto::kv::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, ScanRequest,
     ScanResponse, SessionToken,
 };
-use kv_proto::multi::timeout_ms;
-use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::{
-    node_call, write_op, DeleteOp, NodeCall, NodeScanRequest, PutOp, ReadRequest, ReadResponse,
-    WriteOp, WriteRequest, WriteResponse, WriteResult,
+    write_op, DeleteOp, NodeScanRequest, PutOp, ReadRequest, ReadResponse, WriteOp, WriteRequest,
+    WriteResponse, WriteResult,
 };
 use shardmap::{CompiledMap, GroupId, Limits, MapError, NodeId};
 use tokio::time::Instant;
@@ -599,19 +597,8 @@ impl Router {
             max_staleness_ms: if eventual { mode.max_staleness_ms } else { 0 },
         };
         let rpc = |conn: NodeConn, budget| {
-            let call = NodeCall {
-                call: Some(node_call::Call::Read(request.clone())),
-                timeout_ms: timeout_ms(budget),
-                id: 0,
-            };
-            async move {
-                match conn.calls.call(call).await? {
-                    Outcome::Read(r) => Ok(tonic::Response::new(r)),
-                    _ => Err(Status::internal(
-                        "the node answered a read with another kind",
-                    )),
-                }
-            }
+            let request = request.clone();
+            async move { conn.calls.read(request, budget).await }
         };
         let response: ReadResponse = if eventual {
             self.call_any(group, epoch, deadline, rpc).await?
@@ -662,20 +649,9 @@ impl Router {
             request_id,
         };
         let response: WriteResponse = self
-            .call(group, epoch, deadline, |conn, budget| {
-                let call = NodeCall {
-                    call: Some(node_call::Call::Write(request.clone())),
-                    timeout_ms: timeout_ms(budget),
-                    id: 0,
-                };
-                async move {
-                    match conn.calls.call(call).await? {
-                        Outcome::Write(r) => Ok(tonic::Response::new(r)),
-                        _ => Err(Status::internal(
-                            "the node answered a write with another kind",
-                        )),
-                    }
-                }
+            .call(group, epoch, deadline, |conn: NodeConn, budget| {
+                let request = request.clone();
+                async move { conn.calls.write(request, budget).await }
             })
             .await?;
         if response.results.len() != count {
