@@ -10,9 +10,14 @@
 //! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map` | bincode |
 //! | `g{id}.dedup` | `e` + at_ms + index (u64 big-endian each); legacy `r` + request id, `t` + at_ms + index | the entry's (id, results) pairs; legacy (at_ms, results), the entry's ids |
 //!
+//! With `--log-engine file` (recorded in `config` at a data dir's first start) the `g{id}.log`
+//! trees stay empty and each group's log is in `raft-log/g{id}/` beside the database `db/`.
+//!
 //! The node tree `node` holds `config`: the bootstrap configuration (JSON) written on first
 //! start, so that a restart from the data dir ignores changed flags, and `map`: the newest
 //! cluster map the node has seen.
+
+use std::path::{Path, PathBuf};
 
 use crate::types::GroupId;
 
@@ -29,6 +34,17 @@ pub const MEMBERSHIP: &[u8] = b"membership";
 pub const SNAPSHOT: &[u8] = b"snapshot";
 pub const INSTALLING: &[u8] = b"installing";
 pub const CLUSTER_MAP: &[u8] = b"cluster_map";
+
+/// The sled database, under the data dir.
+pub fn db_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("db")
+}
+
+/// A group's Raft log segments under the data dir, when the node keeps its logs in files
+/// (`--log-engine file`): `raft-log/g{id}/{first index:020}.wal`.
+pub fn log_dir(data_dir: &Path, group: GroupId) -> PathBuf {
+    data_dir.join("raft-log").join(format!("g{group}"))
+}
 
 pub fn log_tree(group: GroupId) -> String {
     format!("g{group}.log")

@@ -32,7 +32,7 @@ use kv_proto::MAX_MESSAGE_BYTES;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-pub use node::{NodeConfig, RaftTuning};
+pub use node::{LogEngine, NodeConfig, RaftTuning};
 
 /// Runs a node until `shutdown` is cancelled: starts its groups, then serves gRPC on `listener`
 /// and HTTP on `http` if given.

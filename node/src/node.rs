@@ -23,7 +23,7 @@ use crate::error::NodeError;
 use crate::freshness::{within_staleness, Freshness};
 use crate::keys;
 use crate::network::{GroupNetwork, PeerPool};
-use crate::storage::{DurableAcks, Flusher, GroupData, LogStore, StateMachine};
+use crate::storage::{DurableAcks, FileLog, Flusher, GroupData, LogStore, StateMachine};
 use crate::types::{Dedup, GroupId, NodeId, Op, OpResult, Raft, Request, Response, SubWrite};
 
 /// The longest an eventual read waits for its replica to catch up with the session token
@@ -45,6 +45,25 @@ pub struct NodeConfig {
     pub cache_capacity_bytes: u64,
     /// How long a data request may wait for Raft (quorum, leadership) before `UNAVAILABLE`.
     pub request_timeout: Duration,
+    /// Where a new data dir keeps its Raft logs; a data dir keeps what it started with.
+    pub log_engine: LogEngine,
+}
+
+/// Where a node keeps its groups' Raft logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogEngine {
+    /// Append-only segment files per group, synced with `fdatasync` (see `storage::FileLog`).
+    File,
+    /// A sled tree per group in the node's database.
+    Sled,
+}
+
+impl LogEngine {
+    /// Data dirs made before the choice existed have their logs in sled.
+    fn legacy() -> LogEngine {
+        LogEngine::Sled
+    }
 }
 
 /// Per-group Raft settings.
@@ -76,6 +95,8 @@ struct StoredConfig {
     initial_cluster: Vec<(NodeId, String)>,
     shards: u32,
     replication: usize,
+    #[serde(default = "LogEngine::legacy")]
+    log_engine: LogEngine,
 }
 
 /// A hosted group.
@@ -124,6 +145,8 @@ pub struct Node {
     acks: DurableAcks,
     db: sled::Db,
     node_tree: sled::Tree,
+    log_engine: LogEngine,
+    data_dir: PathBuf,
     tuning: RaftTuning,
     pool: PeerPool,
     /// Serializes group starts and stops.
@@ -140,7 +163,7 @@ impl Node {
             NodeError::Storage(format!("creating {}: {e}", config.data_dir.display()))
         })?;
         let db = sled::Config::new()
-            .path(config.data_dir.join("db"))
+            .path(keys::db_dir(&config.data_dir))
             .cache_capacity(config.cache_capacity_bytes)
             .open()?;
         let flusher = Flusher::start(db.clone()).map_err(|e| NodeError::Storage(e.to_string()))?;
@@ -173,6 +196,8 @@ impl Node {
             acks: DurableAcks::new(stored.id),
             db,
             node_tree,
+            log_engine: stored.log_engine,
+            data_dir: config.data_dir.clone(),
             tuning: config.raft,
             pool: PeerPool::default(),
             reconciling: tokio::sync::Mutex::new(()),
@@ -341,10 +366,14 @@ impl Node {
             keys::raft_tree(id),
             keys::data_tree(id),
             keys::sm_tree(id),
+            keys::dedup_tree(id),
         ] {
             if let Err(e) = self.db.drop_tree(tree.as_bytes()) {
                 tracing::warn!(group = id, tree, error = %e, "dropping tree");
             }
+        }
+        if let Err(e) = FileLog::remove_dir(&keys::log_dir(&self.data_dir, id)) {
+            tracing::warn!(group = id, error = %e, "removing the log files");
         }
         tracing::info!(group = id, "stopped and removed a dropped shard group");
     }
@@ -364,7 +393,6 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::BadRequest(format!("raft config: {e}")))?;
-        let log = LogStore::open(&self.db, group, self.flusher.clone(), self.acks.clone())?;
         let sm = StateMachine::open(&self.db, group, self.flusher.clone())
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         let data = sm.data();
@@ -372,9 +400,21 @@ impl Node {
             group,
             pool: self.pool.clone(),
         };
-        let raft = Raft::new(self.id, Arc::new(raft_config), network, log, sm)
-            .await
-            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let (flusher, acks) = (self.flusher.clone(), self.acks.clone());
+        let raft_config = Arc::new(raft_config);
+        let raft = match self.log_engine {
+            LogEngine::Sled => {
+                let log = LogStore::open(&self.db, group, flusher, acks)?;
+                Raft::new(self.id, raft_config, network, log, sm).await
+            }
+            LogEngine::File => {
+                let dir = keys::log_dir(&self.data_dir, group);
+                let log = FileLog::open(&self.db, &dir, group, flusher, acks)
+                    .map_err(|e| NodeError::Storage(e.to_string()))?;
+                Raft::new(self.id, raft_config, network, log, sm).await
+            }
+        }
+        .map_err(|e| NodeError::Fatal(e.to_string()))?;
         let replicas = map
             .replicas(group)
             .map_err(|e| NodeError::BadRequest(e.to_string()))?
@@ -915,6 +955,7 @@ fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<Stored
             initial_cluster: config.initial_cluster.clone(),
             shards: config.shards,
             replication: config.replication,
+            log_engine: config.log_engine,
         };
         if flags != stored && !config.initial_cluster.is_empty() {
             tracing::warn!(
@@ -941,8 +982,27 @@ fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<Stored
         initial_cluster: config.initial_cluster.clone(),
         shards: config.shards,
         replication: config.replication,
+        log_engine: config.log_engine,
     };
     let raw = serde_json::to_vec(&stored).map_err(|e| NodeError::Storage(e.to_string()))?;
     tree.insert(keys::NODE_CONFIG, raw)?;
     Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_from_before_the_log_engine_choice_keeps_its_logs_in_sled() {
+        let old = r#"{"id":1,"initial_cluster":[[1,"127.0.0.1:1"]],"shards":4,"replication":3}"#;
+        let stored: StoredConfig = serde_json::from_str(old).expect("old config parses");
+        assert_eq!(stored.log_engine, LogEngine::Sled);
+        let new = serde_json::to_string(&StoredConfig {
+            log_engine: LogEngine::File,
+            ..stored
+        })
+        .expect("serializes");
+        assert!(new.contains(r#""log_engine":"file""#), "{new}");
+    }
 }

@@ -1,12 +1,13 @@
-//! Group commit: one thread flushes the sled database for every group on the node.
+//! Group commit: one thread makes writes durable for every group on the node.
 //!
-//! Raft may only be told an append is done once it is durable, and a sled `flush` makes the
-//! whole database durable at once. So writers insert their entries, hand a completion to this
-//! thread, and the thread flushes once for everything queued so far and then completes each
-//! waiter in order. Throughput is then bounded by how much one flush can carry, not by the
+//! Raft may only be told an append is done once it is durable. Writers write, hand a completion
+//! to this thread, and the thread makes durable at once everything queued so far (one sled
+//! `flush` for the database, one `fdatasync` per log segment file written to) and then completes
+//! each waiter in order. Throughput is then bounded by how much one round can carry, not by the
 //! disk's fsync rate. One thread, not concurrent `flush_async` calls: seven or more of those at
 //! once deadlock sled 0.34.7 (see tech notes).
 
+use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -14,6 +15,14 @@ use std::sync::Arc;
 use std::thread;
 
 type Completion = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// What a waiter needs made durable.
+enum Target {
+    /// The whole sled database.
+    Db,
+    /// One file's data (a log segment), by `fdatasync`.
+    File(Arc<File>),
+}
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -26,13 +35,13 @@ pub struct FlushStats {
 /// dropped.
 #[derive(Clone)]
 pub struct Flusher {
-    tx: mpsc::Sender<Completion>,
+    tx: mpsc::Sender<(Target, Completion)>,
     pub stats: Arc<FlushStats>,
 }
 
 impl Flusher {
     pub fn start(db: sled::Db) -> io::Result<Flusher> {
-        let (tx, rx) = mpsc::channel::<Completion>();
+        let (tx, rx) = mpsc::channel();
         let stats = Arc::new(FlushStats::default());
         let thread_stats = stats.clone();
         thread::Builder::new()
@@ -43,7 +52,17 @@ impl Flusher {
 
     /// Calls `done` once everything written to the database before this call is durable.
     pub fn on_durable(&self, done: impl FnOnce(io::Result<()>) + Send + 'static) {
-        if let Err(mpsc::SendError(done)) = self.tx.send(Box::new(done)) {
+        self.queue(Target::Db, Box::new(done));
+    }
+
+    /// Calls `done` once everything written to `file` before this call is durable. Unlike
+    /// [`Flusher::on_durable`] this leaves the sled database alone.
+    pub fn on_synced(&self, file: Arc<File>, done: impl FnOnce(io::Result<()>) + Send + 'static) {
+        self.queue(Target::File(file), Box::new(done));
+    }
+
+    fn queue(&self, target: Target, done: Completion) {
+        if let Err(mpsc::SendError((_, done))) = self.tx.send((target, done)) {
             done(Err(io::Error::other("the flusher has stopped")));
         }
     }
@@ -59,21 +78,41 @@ impl Flusher {
     }
 }
 
-fn run(db: sled::Db, rx: mpsc::Receiver<Completion>, stats: &FlushStats) {
+fn run(db: sled::Db, rx: mpsc::Receiver<(Target, Completion)>, stats: &FlushStats) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         batch.extend(rx.try_iter());
-        // Everything in `batch` was written before it was queued, so one flush covers it all.
-        let res = db.flush().map(|_| ());
+        // Everything in `batch` was written before it was queued, so one flush of the database
+        // and one sync per distinct file cover it all.
+        let db_result = batch
+            .iter()
+            .any(|(t, _)| matches!(t, Target::Db))
+            .then(|| db.flush().map(|_| ()).map_err(|e| e.to_string()));
+        let mut synced: Vec<(*const File, Result<(), String>)> = Vec::new();
+        for (target, _) in &batch {
+            if let Target::File(f) = target {
+                if !synced.iter().any(|(p, _)| *p == Arc::as_ptr(f)) {
+                    synced.push((Arc::as_ptr(f), f.sync_data().map_err(|e| e.to_string())));
+                }
+            }
+        }
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats
             .waiters
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for done in batch.drain(..) {
-            done(match &res {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::other(e.to_string())),
+        for (target, done) in batch.drain(..) {
+            let res = match &target {
+                Target::Db => db_result.as_ref(),
+                Target::File(f) => synced
+                    .iter()
+                    .find(|(p, _)| *p == Arc::as_ptr(f))
+                    .map(|(_, r)| r),
+            };
+            done(match res {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(io::Error::other(e.clone())),
+                None => Err(io::Error::other("the flusher lost a waiter's target")),
             });
         }
     }

@@ -1,16 +1,20 @@
-//! Storage on sled: one database per node, trees per group (layout in [`crate::keys`]).
+//! Storage: one sled database per node with trees per group (layout in [`crate::keys`]), and
+//! the Raft log either in that database or in segment files per group (`--log-engine`).
 //!
-//! - [`LogStore`]: a group's Raft log and vote (`RaftLogStorage`).
+//! - [`LogStore`]: a group's Raft log and vote on sled (`RaftLogStorage`).
+//! - [`FileLog`]: a group's Raft log in append-only files, its vote on sled (`RaftLogStorage`).
 //! - [`StateMachine`]: a group's data and applied state (`RaftStateMachine`), and snapshots.
-//! - [`Flusher`]: group commit, one flush for the appends of every group.
+//! - [`Flusher`]: group commit, one flush (and one sync per log file) for the appends of every group.
 //! - [`DurableAcks`]: eventual writes waiting for their entry to be durable in the leader's log.
 
 mod acks;
+mod file_log;
 mod flusher;
 mod log_store;
 mod state_machine;
 
 pub use acks::{DurableAcks, PendingAck};
+pub use file_log::FileLog;
 pub use flusher::{FlushStats, Flusher};
 pub use log_store::LogStore;
 pub use state_machine::{GroupData, StateMachine};

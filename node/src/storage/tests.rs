@@ -1,4 +1,4 @@
-//! Runs openraft's storage test suite against the sled log store and state machine.
+//! Runs openraft's storage test suite against both log stores with the state machine.
 
 use openraft::testing::{StoreBuilder, Suite};
 
@@ -21,6 +21,30 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
 #[test]
 fn openraft_storage_suite() -> Result<(), StorageError> {
     Suite::test_all(SledBuilder)
+}
+
+struct FileBuilder;
+
+impl StoreBuilder<TypeConfig, FileLog, StateMachine, tempfile::TempDir> for FileBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, FileLog, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path().join("db")).expect("open sled");
+        let flusher = Flusher::start(db.clone()).expect("flusher");
+        let log = FileLog::open(
+            &db,
+            &dir.path().join("log"),
+            7,
+            flusher.clone(),
+            DurableAcks::new(1),
+        )?;
+        let sm = StateMachine::open(&db, 7, flusher)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_file_log() -> Result<(), StorageError> {
+    Suite::test_all(FileBuilder)
 }
 
 mod dedup {

@@ -1,0 +1,744 @@
+//! A group's Raft log in append-only segment files, implementing openraft's `RaftLogStorage`.
+//!
+//! Why not a sled tree: on every replica each put went through sled three times (log insert,
+//! log remove at purge, state-machine insert), and every group commit flushed the whole sled
+//! database, so sled sealed and wrote a buffer per flush. Here an entry is written once,
+//! sequentially, and made durable by `fdatasync` (stronger than the `sync_file_range` sled
+//! flushes with). sled keeps the vote, the purge marker and the state machine; it is flushed
+//! where those need it (votes, and before a purge drops entries the state machine would need to
+//! replay after a crash).
+//!
+//! Layout: `DIR/{first index:020}.wal` segments, each holding consecutive entries. A record is
+//! `len: u32 | crc32: u32 | bincode Entry` (little endian, the checksum covers the entry bytes).
+//! A segment is synced before the next one starts, so only the newest segment can end in a torn
+//! record, and opening cuts such a tail off; a bad record anywhere else is corruption and the
+//! group refuses to start. Entries at or below the purge marker may linger in the oldest
+//! segment until it is deleted as a whole; opening skips them.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend};
+
+use super::{read_err, sto_err, DurableAcks, Flusher};
+use crate::keys;
+use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
+
+/// A segment that reaches this size is closed and the next append starts a new one, so that
+/// purged entries free their space in whole files.
+const SEGMENT_BYTES: u64 = 32 << 20;
+const HEADER: usize = 8;
+/// Larger than any entry the node accepts (values are limited to a few MiB); a bigger length in
+/// a header is a torn or corrupt record, not an allocation to attempt.
+const MAX_RECORD: usize = 256 << 20;
+const SUFFIX: &str = ".wal";
+
+/// One group's log store. Clones share the same files.
+#[derive(Clone)]
+pub struct FileLog {
+    group: GroupId,
+    inner: Arc<Mutex<Segments>>,
+    raft: sled::Tree,
+    flusher: Flusher,
+    acks: DurableAcks,
+}
+
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// Where one entry lives.
+#[derive(Clone, Copy)]
+struct Loc {
+    log_id: LogId,
+    /// The `first` of its segment.
+    segment: u64,
+    offset: u64,
+    len: u32,
+}
+
+struct Segments {
+    dir: PathBuf,
+    /// Oldest first; appends go to the last one.
+    segments: Vec<Segment>,
+    /// One per entry in the log, consecutive indexes.
+    locs: VecDeque<Loc>,
+    /// Reused for encoding appends.
+    buf: Vec<u8>,
+    /// [`SEGMENT_BYTES`], smaller in tests.
+    segment_bytes: u64,
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: io::Error) -> StorageError {
+    StorageError::from_io_error(subject, verb, e)
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}{SUFFIX}"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl FileLog {
+    /// Opens (or creates) the group's log under `dir`, recovering from a torn tail.
+    pub fn open(
+        db: &sled::Db,
+        dir: &Path,
+        group: GroupId,
+        flusher: Flusher,
+        acks: DurableAcks,
+    ) -> Result<FileLog, StorageError> {
+        let raft = db
+            .open_tree(keys::raft_tree(group))
+            .map_err(|e| read_err(ErrorSubject::Store, e))?;
+        let purged: Option<LogId> = raft
+            .get(keys::PURGED)
+            .map_err(|e| read_err(ErrorSubject::Store, e))?
+            .map(|raw| bincode::deserialize(&raw))
+            .transpose()
+            .map_err(|e| read_err(ErrorSubject::Store, e))?;
+        let inner = Segments::open(dir, purged.map(|p| p.index))
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        Ok(FileLog {
+            group,
+            inner: Arc::new(Mutex::new(inner)),
+            raft,
+            flusher,
+            acks,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Segments> {
+        // A panic while holding the lock leaves the in-memory index no worse than the files it
+        // describes; appends check continuity again.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        let raw = self
+            .raft
+            .get(key)
+            .map_err(|e| sto_err(subject.clone(), ErrorVerb::Read, e))?;
+        raw.map(|v| bincode::deserialize(&v))
+            .transpose()
+            .map_err(|e| sto_err(subject, ErrorVerb::Read, e))
+    }
+
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageError> {
+        let raw =
+            bincode::serialize(value).map_err(|e| sto_err(subject.clone(), ErrorVerb::Write, e))?;
+        self.raft
+            .insert(key, raw)
+            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn db_durable(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+        self.flusher
+            .wait_durable()
+            .await
+            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))
+    }
+
+    /// Removes the files of a group that this node no longer hosts.
+    pub fn remove_dir(dir: &Path) -> io::Result<()> {
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Segments {
+    fn open(dir: &Path, purged: Option<u64>) -> io::Result<Segments> {
+        fs::create_dir_all(dir)?;
+        let mut firsts = Vec::new();
+        for item in fs::read_dir(dir)? {
+            let name = item?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(first) = name
+                .strip_suffix(SUFFIX)
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut me = Segments {
+            dir: dir.to_path_buf(),
+            segments: Vec::new(),
+            locs: VecDeque::new(),
+            buf: Vec::new(),
+            segment_bytes: SEGMENT_BYTES,
+        };
+        let count = firsts.len();
+        for (n, first) in firsts.into_iter().enumerate() {
+            me.load_segment(first, purged, n + 1 == count)?;
+        }
+        Ok(me)
+    }
+
+    /// Reads one segment's records into the index. Only the newest segment may end in a torn
+    /// record (older ones were synced before the next began); its tail is cut off.
+    fn load_segment(&mut self, first: u64, purged: Option<u64>, newest: bool) -> io::Result<()> {
+        let path = segment_path(&self.dir, first);
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let bytes = fs::read(&path)?;
+        let mut offset = 0usize;
+        let mut expect = first;
+        let corrupt = |what: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("log segment {}: {what}", path.display()),
+            )
+        };
+        while offset < bytes.len() {
+            let Some(entry) = decode_record(&bytes[offset..]) else {
+                if newest {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        offset,
+                        dropped = bytes.len() - offset,
+                        "cutting off a torn record at the end of the log"
+                    );
+                    file.set_len(offset as u64)?;
+                    file.sync_all()?;
+                    break;
+                }
+                return Err(corrupt(format!("bad record at byte {offset}")));
+            };
+            let (entry, len) = entry.map_err(|e| corrupt(format!("at byte {offset}: {e}")))?;
+            let index = entry.log_id.index;
+            if index != expect {
+                return Err(corrupt(format!(
+                    "entry {index} at byte {offset}, expected {expect}"
+                )));
+            }
+            expect += 1;
+            // Index 0 is a real entry (openraft's first membership), so nothing purged is `None`.
+            if purged.is_none_or(|p| index > p) {
+                if let Some(last) = self.locs.back() {
+                    if last.log_id.index + 1 != index {
+                        return Err(corrupt(format!(
+                            "entry {index} follows {} with a gap",
+                            last.log_id.index
+                        )));
+                    }
+                }
+                self.locs.push_back(Loc {
+                    log_id: entry.log_id,
+                    segment: first,
+                    offset: offset as u64,
+                    len: len as u32,
+                });
+            }
+            offset += len;
+        }
+        if offset == 0 {
+            // Created just before a crash, or cut back to nothing: the next append recreates
+            // it, and keeping it would give two segments one name.
+            drop(file);
+            fs::remove_file(&path)?;
+            return Ok(());
+        }
+        let len = offset as u64;
+        self.segments.push(Segment {
+            first,
+            path,
+            file: Arc::new(file),
+            len,
+        });
+        Ok(())
+    }
+
+    fn segment(&self, first: u64) -> Option<&Segment> {
+        let at = self.segments.partition_point(|s| s.first < first);
+        self.segments.get(at).filter(|s| s.first == first)
+    }
+
+    /// The segment the next entry (`index`) goes to, starting a new one when there is none, the
+    /// newest is full, or `index` does not follow its last entry (after a snapshot install).
+    fn active_for(&mut self, index: u64) -> io::Result<usize> {
+        let follows = match (self.segments.last(), self.locs.back()) {
+            (Some(seg), Some(last)) => last.segment == seg.first && last.log_id.index + 1 == index,
+            _ => false,
+        };
+        if let Some(seg) = self.segments.last() {
+            if follows && seg.len < self.segment_bytes {
+                return Ok(self.segments.len() - 1);
+            }
+            // Synced now so that only the newest segment can ever end in a torn record.
+            seg.file.sync_data()?;
+        }
+        let path = segment_path(&self.dir, index);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        sync_dir(&self.dir)?;
+        self.segments.push(Segment {
+            first: index,
+            path,
+            file: Arc::new(file),
+            len: 0,
+        });
+        Ok(self.segments.len() - 1)
+    }
+
+    /// Writes `entries` to the newest segment (not yet durable) and returns its file.
+    fn append(&mut self, entries: &[Entry]) -> Result<Option<Arc<File>>, StorageError> {
+        let Some(head) = entries.first() else {
+            return Ok(None);
+        };
+        let w = |e: io::Error| io_err(ErrorSubject::Logs, ErrorVerb::Write, e);
+        if let Some(last) = self.locs.back() {
+            // openraft truncates before it overwrites, and purges before it jumps ahead.
+            let index = head.log_id.index;
+            if index != last.log_id.index + 1 {
+                return Err(w(io::Error::other(format!(
+                    "append at {index} after entries up to {}",
+                    last.log_id.index
+                ))));
+            }
+        }
+        let at = self.active_for(head.log_id.index).map_err(w)?;
+        let (first, start) = (self.segments[at].first, self.segments[at].len);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut locs = Vec::with_capacity(entries.len());
+        for (n, entry) in entries.iter().enumerate() {
+            let expect = head.log_id.index + n as u64;
+            if entry.log_id.index != expect {
+                self.buf = buf;
+                return Err(w(io::Error::other(format!(
+                    "append of entry {} where {expect} was due",
+                    entry.log_id.index
+                ))));
+            }
+            let offset = buf.len();
+            encode_record(&mut buf, entry).map_err(w)?;
+            locs.push(Loc {
+                log_id: entry.log_id,
+                segment: first,
+                offset: start + offset as u64,
+                len: (buf.len() - offset) as u32,
+            });
+        }
+        let seg = &mut self.segments[at];
+        // Positional: a failed write leaves `len` where it was, and the next append overwrites
+        // whatever it left behind.
+        let res = seg.file.write_all_at(&buf, start);
+        let written = buf.len() as u64;
+        self.buf = buf;
+        res.map_err(w)?;
+        seg.len += written;
+        let file = seg.file.clone();
+        self.locs.extend(locs);
+        Ok(Some(file))
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.locs.front().map(|l| l.log_id.index)
+    }
+
+    fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let Some(first) = self.first_index() else {
+            return Ok(Vec::new());
+        };
+        let start = start.max(first);
+        let end = end.min(first + self.locs.len() as u64);
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        let r = |e: io::Error| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let mut i = start;
+        // One read per run of entries in the same segment.
+        while i < end {
+            let head = self.locs[(i - first) as usize];
+            let mut j = i + 1;
+            while j < end && self.locs[(j - first) as usize].segment == head.segment {
+                j += 1;
+            }
+            let tail = self.locs[(j - 1 - first) as usize];
+            let seg = self.segment(head.segment).ok_or_else(|| {
+                r(io::Error::other(format!(
+                    "segment {} of entry {i} is missing",
+                    head.segment
+                )))
+            })?;
+            let span = (tail.offset + tail.len as u64 - head.offset) as usize;
+            let mut bytes = vec![0u8; span];
+            seg.file.read_exact_at(&mut bytes, head.offset).map_err(r)?;
+            let mut at = 0usize;
+            for k in i..j {
+                let loc = self.locs[(k - first) as usize];
+                let (entry, _) = decode_record(&bytes[at..])
+                    .ok_or_else(|| r(io::Error::other(format!("entry {k} fails its checksum"))))?
+                    .map_err(|e| r(io::Error::other(format!("entry {k}: {e}"))))?;
+                if entry.log_id != loc.log_id {
+                    return Err(r(io::Error::other(format!(
+                        "entry {k} on disk is {}",
+                        entry.log_id
+                    ))));
+                }
+                out.push(entry);
+                at += loc.len as usize;
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// Drops entries from `index` on, durably (a conflicting suffix must not come back).
+    fn truncate(&mut self, index: u64) -> io::Result<()> {
+        let Some(first) = self.first_index() else {
+            return Ok(());
+        };
+        let keep = index.saturating_sub(first) as usize;
+        let Some(&cut) = self.locs.get(keep) else {
+            return Ok(());
+        };
+        let mut removed = false;
+        while let Some(seg) = self.segments.last() {
+            if seg.first < cut.segment {
+                break;
+            }
+            if seg.first == cut.segment && cut.offset > 0 {
+                seg.file.set_len(cut.offset)?;
+                seg.file.sync_all()?;
+                let len = cut.offset;
+                if let Some(seg) = self.segments.last_mut() {
+                    seg.len = len;
+                }
+                break;
+            }
+            fs::remove_file(&seg.path)?;
+            self.segments.pop();
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        self.locs.truncate(keep);
+        Ok(())
+    }
+
+    /// Forgets entries up to `index` and deletes the segments that hold nothing newer. Not
+    /// synced: a deleted segment that comes back after a crash is skipped by the purge marker.
+    fn purge(&mut self, index: u64) -> io::Result<()> {
+        while self
+            .locs
+            .front()
+            .is_some_and(|l| l.log_id.index <= index)
+        {
+            self.locs.pop_front();
+        }
+        let keep_from = self.locs.front().map(|l| l.segment);
+        while let Some(seg) = self.segments.first() {
+            if keep_from.is_some_and(|k| seg.first >= k) {
+                break;
+            }
+            fs::remove_file(&seg.path)?;
+            self.segments.remove(0);
+        }
+        Ok(())
+    }
+}
+
+fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
+    let at = buf.len();
+    buf.extend_from_slice(&[0u8; HEADER]);
+    bincode::serialize_into(&mut *buf, entry).map_err(io::Error::other)?;
+    let body_len = buf.len() - at - HEADER;
+    if body_len > MAX_RECORD {
+        buf.truncate(at);
+        return Err(io::Error::other(format!(
+            "a log entry of {body_len} bytes is larger than {MAX_RECORD}"
+        )));
+    }
+    let len = (body_len as u32).to_le_bytes();
+    let crc = crc32fast::hash(&buf[at + HEADER..]).to_le_bytes();
+    buf[at..at + 4].copy_from_slice(&len);
+    buf[at + 4..at + HEADER].copy_from_slice(&crc);
+    Ok(())
+}
+
+/// The entry at the start of `bytes` and the record's whole length. `None` where the record is
+/// incomplete or fails its checksum (a torn write); `Some(Err)` where the checksum holds but
+/// the entry does not decode (corruption no crash explains).
+fn decode_record(bytes: &[u8]) -> Option<Result<(Entry, usize), bincode::Error>> {
+    let header = bytes.get(..HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    if len == 0 || len > MAX_RECORD {
+        return None;
+    }
+    let body = bytes.get(HEADER..HEADER + len)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Some(bincode::deserialize(body).map(|e| (e, HEADER + len)))
+}
+
+fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for FileLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = bounds(&range);
+        self.lock().read(start, end)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for FileLog {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(keys::PURGED, ErrorSubject::Store)?;
+        let last = self.lock().locs.back().map(|l| l.log_id);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_meta(keys::VOTE, vote, ErrorSubject::Vote)?;
+        // Raft's safety rests on a vote never being forgotten once granted.
+        self.db_durable(ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(keys::VOTE, ErrorSubject::Vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let tracked: Vec<(u64, u64)> = entries.iter().filter_map(|e| self.acks.tracked(e)).collect();
+        let file = self.lock().append(&entries)?;
+        let Some(file) = file else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        // Raft hears of the append, and eventual writes this node proposed are acknowledged,
+        // once the group-commit sync covering this write is done.
+        let (acks, group) = (self.acks.clone(), self.group);
+        self.flusher.on_synced(file, move |res: io::Result<()>| {
+            let durable = res.is_ok();
+            callback.log_io_completed(res);
+            if durable {
+                acks.complete(group, &tracked);
+            }
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.lock()
+            .truncate(log_id.index)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The marker first, then the state machine made durable (it is not flushed on its own)
+        // before the entries it would need to replay are gone.
+        self.put_meta(keys::PURGED, &log_id, ErrorSubject::Store)?;
+        self.db_durable(ErrorSubject::Store).await?;
+        self.lock()
+            .purge(log_id.index)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(s: &Segments) -> Vec<u64> {
+        s.locs.iter().map(|l| l.log_id.index).collect()
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.append(&(1..=3).map(entry).collect::<Vec<_>>()).unwrap();
+        let path = segment_path(dir.path(), 1);
+        let whole = fs::read(&path).unwrap();
+        // A crash in the middle of writing the third record.
+        let third = s.locs[2];
+        fs::write(&path, &whole[..third.offset as usize + 5]).unwrap();
+        drop(s);
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![1, 2]);
+        s.append(&[entry(3)]).unwrap();
+        drop(s);
+        let s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![1, 2, 3]);
+        assert_eq!(s.read(0, u64::MAX).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_tail_record_drops_only_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.append(&(1..=3).map(entry).collect::<Vec<_>>()).unwrap();
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        drop(s);
+        let s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![1, 2]);
+    }
+
+    #[test]
+    fn corruption_in_an_older_segment_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.segment_bytes = 1;
+        s.append(&[entry(1), entry(2)]).unwrap();
+        s.append(&[entry(3)]).unwrap();
+        assert_eq!(s.segments.len(), 2, "a full segment is closed");
+        drop(s);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[HEADER + 1] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let err = Segments::open(dir.path(), None).err().expect("corruption is an error");
+        assert!(err.to_string().contains("bad record"), "{err}");
+    }
+
+    #[test]
+    fn segments_roll_over_and_reads_span_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.segment_bytes = 40;
+        for i in 1..=10 {
+            s.append(&[entry(i)]).unwrap();
+        }
+        assert!(s.segments.len() > 2);
+        let read: Vec<u64> = s.read(2, 10).unwrap().iter().map(|e| e.log_id.index).collect();
+        assert_eq!(read, (2..10).collect::<Vec<_>>());
+        // Truncating into an older segment deletes the newer ones, durably.
+        s.truncate(4).unwrap();
+        s.purge(2).unwrap();
+        drop(s);
+        let s = Segments::open(dir.path(), Some(2)).unwrap();
+        assert_eq!(indexes(&s), vec![3]);
+    }
+
+    #[test]
+    fn truncate_survives_a_reopen_and_purge_deletes_whole_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.append(&(1..=5).map(entry).collect::<Vec<_>>()).unwrap();
+        s.truncate(4).unwrap();
+        s.append(&[entry(4)]).unwrap();
+        drop(s);
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![1, 2, 3, 4]);
+        // Everything purged, then a jump ahead (as after a snapshot install).
+        s.purge(4).unwrap();
+        assert!(s.segments.is_empty());
+        assert!(!segment_path(dir.path(), 1).exists());
+        s.append(&[entry(100)]).unwrap();
+        drop(s);
+        let s = Segments::open(dir.path(), Some(4)).unwrap();
+        assert_eq!(indexes(&s), vec![100]);
+    }
+
+    #[test]
+    fn entries_at_or_below_the_purge_marker_are_skipped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.append(&(1..=6).map(entry).collect::<Vec<_>>()).unwrap();
+        s.purge(3).unwrap();
+        drop(s);
+        let s = Segments::open(dir.path(), Some(3)).unwrap();
+        assert_eq!(indexes(&s), vec![4, 5, 6]);
+        let read: Vec<u64> = s.read(0, 100).unwrap().iter().map(|e| e.log_id.index).collect();
+        assert_eq!(read, vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn entry_zero_survives_a_reopen_when_nothing_was_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.append(&[entry(0), entry(1)]).unwrap();
+        drop(s);
+        let s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![0, 1]);
+        let s = Segments::open(dir.path(), Some(0)).unwrap();
+        assert_eq!(indexes(&s), vec![1]);
+    }
+
+    #[test]
+    fn appends_that_break_continuity_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.append(&[entry(1), entry(2)]).unwrap();
+        assert!(s.append(&[entry(2)]).is_err());
+        assert!(s.append(&[entry(4)]).is_err());
+        assert!(s.append(&[entry(3), entry(5)]).is_err());
+        s.append(&[entry(3)]).unwrap();
+        assert_eq!(indexes(&s), vec![1, 2, 3]);
+    }
+}
