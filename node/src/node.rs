@@ -166,7 +166,8 @@ impl Node {
             .path(keys::db_dir(&config.data_dir))
             .cache_capacity(config.cache_capacity_bytes)
             .open()?;
-        let flusher = Flusher::start(db.clone()).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let flusher = Flusher::start_with_fsync(db.clone(), &keys::db_dir(&config.data_dir))
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
         let node_tree = db.open_tree(keys::NODE_TREE)?;
         let stored = load_or_store_config(&node_tree, &config)?;
         flusher

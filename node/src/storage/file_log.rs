@@ -447,11 +447,7 @@ impl Segments {
     /// Forgets entries up to `index` and deletes the segments that hold nothing newer. Not
     /// synced: a deleted segment that comes back after a crash is skipped by the purge marker.
     fn purge(&mut self, index: u64) -> io::Result<()> {
-        while self
-            .locs
-            .front()
-            .is_some_and(|l| l.log_id.index <= index)
-        {
+        while self.locs.front().is_some_and(|l| l.log_id.index <= index) {
             self.locs.pop_front();
         }
         let keep_from = self.locs.front().map(|l| l.segment);
@@ -561,7 +557,10 @@ impl RaftLogStorage<TypeConfig> for FileLog {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let tracked: Vec<(u64, u64)> = entries.iter().filter_map(|e| self.acks.tracked(e)).collect();
+        let tracked: Vec<(u64, u64)> = entries
+            .iter()
+            .filter_map(|e| self.acks.tracked(e))
+            .collect();
         let file = self.lock().append(&entries)?;
         let Some(file) = file else {
             callback.log_io_completed(Ok(()));
@@ -662,7 +661,9 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         bytes[HEADER + 1] ^= 0x01;
         fs::write(&path, &bytes).unwrap();
-        let err = Segments::open(dir.path(), None).err().expect("corruption is an error");
+        let err = Segments::open(dir.path(), None)
+            .err()
+            .expect("corruption is an error");
         assert!(err.to_string().contains("bad record"), "{err}");
     }
 
@@ -675,7 +676,12 @@ mod tests {
             s.append(&[entry(i)]).unwrap();
         }
         assert!(s.segments.len() > 2);
-        let read: Vec<u64> = s.read(2, 10).unwrap().iter().map(|e| e.log_id.index).collect();
+        let read: Vec<u64> = s
+            .read(2, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
         assert_eq!(read, (2..10).collect::<Vec<_>>());
         // Truncating into an older segment deletes the newer ones, durably.
         s.truncate(4).unwrap();
@@ -714,7 +720,12 @@ mod tests {
         drop(s);
         let s = Segments::open(dir.path(), Some(3)).unwrap();
         assert_eq!(indexes(&s), vec![4, 5, 6]);
-        let read: Vec<u64> = s.read(0, 100).unwrap().iter().map(|e| e.log_id.index).collect();
+        let read: Vec<u64> = s
+            .read(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
         assert_eq!(read, vec![4, 5, 6]);
     }
 

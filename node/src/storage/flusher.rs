@@ -40,13 +40,26 @@ pub struct Flusher {
 }
 
 impl Flusher {
+    /// A flusher whose database flushes rely on sled alone (tests).
     pub fn start(db: sled::Db) -> io::Result<Flusher> {
+        Self::spawn(db, None)
+    }
+
+    /// A flusher that also `fsync`s the database's file (sled's is at `dir/db`) after each
+    /// flush: sled's own flush ends with `sync_file_range`, which does not reach the disk's
+    /// cache or the file's metadata, so power loss could take what a flush promised.
+    pub fn start_with_fsync(db: sled::Db, dir: &std::path::Path) -> io::Result<Flusher> {
+        let file = File::open(dir.join("db"))?;
+        Self::spawn(db, Some(file))
+    }
+
+    fn spawn(db: sled::Db, db_file: Option<File>) -> io::Result<Flusher> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(FlushStats::default());
         let thread_stats = stats.clone();
         thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || run(db, rx, &thread_stats))?;
+            .spawn(move || run(db, db_file, rx, &thread_stats))?;
         Ok(Flusher { tx, stats })
     }
 
@@ -78,17 +91,25 @@ impl Flusher {
     }
 }
 
-fn run(db: sled::Db, rx: mpsc::Receiver<(Target, Completion)>, stats: &FlushStats) {
+fn run(
+    db: sled::Db,
+    db_file: Option<File>,
+    rx: mpsc::Receiver<(Target, Completion)>,
+    stats: &FlushStats,
+) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         batch.extend(rx.try_iter());
         // Everything in `batch` was written before it was queued, so one flush of the database
         // and one sync per distinct file cover it all.
-        let db_result = batch
-            .iter()
-            .any(|(t, _)| matches!(t, Target::Db))
-            .then(|| db.flush().map(|_| ()).map_err(|e| e.to_string()));
+        let db_result = batch.iter().any(|(t, _)| matches!(t, Target::Db)).then(|| {
+            db.flush().map_err(|e| e.to_string())?;
+            match &db_file {
+                Some(f) => f.sync_all().map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        });
         let mut synced: Vec<(*const File, Result<(), String>)> = Vec::new();
         for (target, _) in &batch {
             if let Target::File(f) = target {
