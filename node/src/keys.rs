@@ -7,7 +7,7 @@
 //! | `g{id}.log` | log index, u64 big-endian (so iteration is numeric) | bincode `Entry` |
 //! | `g{id}.raft` | `vote`, `purged` | bincode `Vote` / `LogId` |
 //! | `g{id}.data` | the user key | version (u64 big-endian) then the value bytes |
-//! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map` | bincode |
+//! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map`, `journal` | bincode |
 //! | `g{id}.dedup` | `e` + at_ms + index (u64 big-endian each); legacy `r` + request id, `t` + at_ms + index | the entry's (id, results) pairs; legacy (at_ms, results), the entry's ids |
 //!
 //! With `--log-engine file` (recorded in `config` at a data dir's first start) the `g{id}.log`
@@ -33,6 +33,9 @@ pub const APPLIED: &[u8] = b"applied";
 pub const MEMBERSHIP: &[u8] = b"membership";
 pub const SNAPSHOT: &[u8] = b"snapshot";
 pub const INSTALLING: &[u8] = b"installing";
+/// The decisions of the latest `apply` call, written before its effects (see
+/// `storage::state_machine::Decided`).
+pub const JOURNAL: &[u8] = b"journal";
 pub const CLUSTER_MAP: &[u8] = b"cluster_map";
 
 /// The sled database, under the data dir.

@@ -200,6 +200,7 @@ impl NodeApi for NodeService {
             budget,
         };
         self.read_barrier(&group, req.consistency, bounds).await?;
+        let view = group.data.read_view();
         let applied_index = group.data.applied_index();
         let mut results = Vec::with_capacity(req.keys.len());
         for k in &req.keys {
@@ -212,6 +213,7 @@ impl NodeApi for NodeService {
                 None => ReadResult::default(),
             });
         }
+        drop(view);
         Ok(GrpcResponse::new(ReadResponse {
             results,
             served_by: self.node.id,
@@ -245,6 +247,7 @@ impl NodeApi for NodeService {
             budget,
         };
         self.read_barrier(&group, req.consistency, bounds).await?;
+        let view = group.data.read_view();
         let applied_index = group.data.applied_index();
         let iter = if req.end.is_empty() {
             group.data.data.range(req.start.as_ref()..)
@@ -271,6 +274,7 @@ impl NodeApi for NodeService {
                 version,
             });
         }
+        drop(view);
         Ok(GrpcResponse::new(NodeScanResponse {
             kvs,
             more,

@@ -4,13 +4,11 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
 
 use super::{read_err, ser, sto_err, Flusher};
 use crate::keys;
@@ -48,6 +46,9 @@ pub struct GroupData {
     applied: Arc<AtomicU64>,
     /// Bumped whenever the stored cluster map changes (meta group), so the node can reload it.
     map_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Held for writing while an `apply` call writes its effects, and for reading by readers,
+    /// so that no reader sees an entry half applied (apply does not use a sled transaction).
+    visible: Arc<RwLock<()>>,
 }
 
 impl GroupData {
@@ -56,7 +57,15 @@ impl GroupData {
         self.applied.load(Ordering::Acquire)
     }
 
-    /// A key's stored (version, value).
+    /// Holds off `apply` while alive: take it around every read of the data tree, so that a
+    /// read sees each entry wholly or not at all.
+    pub fn read_view(&self) -> RwLockReadGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere leaves nothing inconsistent behind it.
+        self.visible.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A key's stored (version, value). Callers reading several keys that must agree hold a
+    /// [`GroupData::read_view`] around all of them.
     pub fn get(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, sled::Error> {
         Ok(self.data.get(key)?.and_then(|raw| {
             keys::decode_value(&raw).map(|(version, value)| (version, value.to_vec()))
@@ -83,6 +92,37 @@ pub struct StateMachine {
     /// The request ids of the window and their results: the dedup tree's content, in memory
     /// so that applying a write costs no sled lookup or insert per id (see [`keys::dedup_tree`]).
     remembered: HashMap<Vec<u8>, Vec<OpResult>>,
+    /// Decisions of an `apply` call that a crash interrupted, by log index (see [`Decided`]).
+    replay: HashMap<u64, Decided>,
+}
+
+/// What an `apply` call decided for one entry. The decisions of a whole call are stored (one
+/// sled insert) before any of its effects, and the applied marker after them all. Apply uses no
+/// sled transaction (each costs sled two buffer writes), so a crash can leave some effects on
+/// disk and the marker behind them; openraft then applies those entries again, and each takes
+/// its decision from here rather than deciding again against half-written state (a
+/// conditional delete that already happened would otherwise fail its own condition).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Decided {
+    log_id: LogId,
+    response: Response,
+    /// Per write of the entry (see [`writes_of`]): whether its ops took effect, rather than
+    /// being answered from the request-id table.
+    applied: Vec<bool>,
+    /// The cluster map to store (meta group).
+    map: Option<serde_bytes::ByteBuf>,
+}
+
+/// The in-progress view of one `apply` call: what its earlier decisions did, before any of it
+/// is written.
+#[derive(Default)]
+struct Pending<'a> {
+    /// Keys written by earlier decisions: their version, `None` where deleted.
+    versions: HashMap<&'a [u8], Option<u64>>,
+    /// Request ids applied by earlier decisions, with their results.
+    fresh: Fresh,
+    /// The cluster map as earlier decisions left it.
+    map: Option<Vec<u8>>,
 }
 
 /// Request ids applied by entries of one `apply` call, not yet in [`StateMachine::remembered`].
@@ -130,10 +170,12 @@ impl StateMachine {
                 dedup,
                 applied: Arc::new(AtomicU64::new(0)),
                 map_changed: Arc::new(tokio::sync::watch::channel(0).0),
+                visible: Arc::default(),
             },
             flusher,
             snapshot_seq: 0,
             remembered: HashMap::new(),
+            replay: HashMap::new(),
         };
         // A crash in the middle of installing a snapshot leaves the marker: finish the job
         // from the stored snapshot before anyone reads the half-written data tree.
@@ -151,9 +193,29 @@ impl StateMachine {
         }
         me.remembered = load_remembered(&me.shared.dedup)?;
         let (applied, _) = me.read_applied()?;
-        me.shared
-            .applied
-            .store(applied.map_or(0, |l| l.index), Ordering::Release);
+        let applied = applied.map_or(0, |l| l.index);
+        me.shared.applied.store(applied, Ordering::Release);
+        if let Some(raw) = me
+            .shared
+            .sm
+            .get(keys::JOURNAL)
+            .map_err(|e| read_err(ErrorSubject::StateMachine, e))?
+        {
+            let decided: Vec<Decided> =
+                bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+            me.replay = decided
+                .into_iter()
+                .filter(|d| d.log_id.index > applied)
+                .map(|d| (d.log_id.index, d))
+                .collect();
+            if !me.replay.is_empty() {
+                tracing::info!(
+                    group,
+                    entries = me.replay.len(),
+                    "replaying the decisions of an interrupted apply"
+                );
+            }
+        }
         Ok(me)
     }
 
@@ -182,13 +244,13 @@ impl StateMachine {
         Ok((applied, membership))
     }
 
-    /// Forgets request ids older than `cutoff_ms` (the log's clock). Outside the apply
-    /// transaction: forgetting is idempotent, and an id only matters within the window.
+    /// Forgets request ids older than `cutoff_ms` (the log's clock). One remove at a time, not
+    /// a batch (a sled batch costs two buffer writes): forgetting is idempotent, and an id only
+    /// matters within the window, so a crash half-way does no harm.
     fn forget_request_ids_before(&mut self, cutoff_ms: u64) -> Result<(), StorageError> {
         let werr = |e: sled::Error| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e);
         let derr = |e: bincode::Error| read_err(ErrorSubject::StateMachine, e);
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
+        let mut forget = Vec::new();
         let end = keys::dedup_entry_key(cutoff_ms, 0);
         for item in self.shared.dedup.range(&b"e"[..]..&end[..]) {
             let (entry_key, raw) = item.map_err(werr)?;
@@ -197,8 +259,7 @@ impl StateMachine {
             for (id, _) in pairs {
                 self.remembered.remove(id.as_slice());
             }
-            batch.remove(entry_key);
-            n += 1;
+            forget.push(entry_key);
         }
         // Records of earlier versions.
         let end = keys::dedup_age_key(cutoff_ms, 0);
@@ -207,13 +268,12 @@ impl StateMachine {
             let ids: Vec<serde_bytes::ByteBuf> = bincode::deserialize(&raw).map_err(derr)?;
             for id in ids {
                 self.remembered.remove(id.as_slice());
-                batch.remove(keys::dedup_result_key(&id));
+                forget.push(keys::dedup_result_key(&id).into());
             }
-            batch.remove(age_key);
-            n += 1;
+            forget.push(age_key);
         }
-        if n > 0 {
-            self.shared.dedup.apply_batch(batch).map_err(werr)?;
+        for key in forget {
+            self.shared.dedup.remove(key).map_err(werr)?;
         }
         Ok(())
     }
@@ -259,6 +319,8 @@ impl StateMachine {
             None => sm.remove(keys::CLUSTER_MAP).map(|_| ()),
         }
         .map_err(werr)?;
+        sm.remove(keys::JOURNAL).map_err(werr)?;
+        self.replay.clear();
         sm.remove(keys::INSTALLING).map_err(werr)?;
         self.shared
             .applied
@@ -296,93 +358,253 @@ fn change_map(
     Ok((next.epoch, json))
 }
 
-/// Applies a write's ops unless its request id was applied before, in which case the first
-/// result is returned again and nothing changes. A newly applied id goes into `fresh`.
-fn apply_write(
-    data: &TransactionalTree,
-    remembered: &HashMap<Vec<u8>, Vec<OpResult>>,
-    fresh: &mut Fresh,
-    ops: &[Op],
-    request: Option<&Dedup>,
-    index: u64,
-) -> Result<Vec<OpResult>, ConflictableTransactionError<()>> {
-    if let Some(r) = request {
-        if let Some(first) = fresh.get(&r.id).or_else(|| remembered.get(&r.id)) {
-            return Ok(first.clone());
-        }
+/// The writes an entry carries, each with its request id: one for `Write` and `TrackedWrite`,
+/// one per sub-write for `Writes`, none for anything else.
+fn writes_of(payload: &EntryPayload<TypeConfig>) -> Vec<(&[Op], Option<&Dedup>)> {
+    match payload {
+        EntryPayload::Normal(
+            Request::Write { ops, dedup } | Request::TrackedWrite { ops, dedup, .. },
+        ) => vec![(ops.as_slice(), dedup.as_ref())],
+        EntryPayload::Normal(Request::Writes { writes }) => writes
+            .iter()
+            .map(|w| (w.ops.as_slice(), w.dedup.as_ref()))
+            .collect(),
+        _ => Vec::new(),
     }
-    let results = ops
-        .iter()
-        .map(|op| apply_op(data, op, index))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(r) = request {
-        fresh.insert(r.id.clone(), results.clone());
+}
+
+/// The results a write response holds, one list per write (the shape of [`writes_of`]).
+fn write_results(response: &Response) -> Vec<&Vec<OpResult>> {
+    match response {
+        Response::Write(results) => vec![results],
+        Response::Writes(all) => all.iter().collect(),
+        _ => Vec::new(),
     }
-    Ok(results)
 }
 
 /// The request ids an entry carries, with the latest of their clocks: recorded once per entry
 /// under one age key, so that they are forgotten together.
 fn request_ids(payload: &EntryPayload<TypeConfig>) -> Option<(u64, Vec<&[u8]>)> {
-    let dedups: Vec<&Dedup> = match payload {
-        EntryPayload::Normal(
-            Request::Write { dedup: Some(d), .. } | Request::TrackedWrite { dedup: Some(d), .. },
-        ) => vec![d],
-        EntryPayload::Normal(Request::Writes { writes }) => {
-            writes.iter().filter_map(|w| w.dedup.as_ref()).collect()
-        }
-        _ => Vec::new(),
-    };
+    let dedups: Vec<&Dedup> = writes_of(payload)
+        .into_iter()
+        .filter_map(|(_, d)| d)
+        .collect();
     let at = dedups.iter().map(|d| d.at_ms).max()?;
     Some((at, dedups.iter().map(|d| d.id.as_slice()).collect()))
 }
 
-/// Applies one op inside the apply transaction. An unconditional op learns the key's previous
-/// version from the insert or remove itself: one sled operation instead of two.
-fn apply_op(
-    data: &TransactionalTree,
-    op: &Op,
-    index: u64,
-) -> Result<OpResult, ConflictableTransactionError<()>> {
-    let version_of = |v: Option<sled::IVec>| -> (bool, u64) {
-        let previous = v
-            .as_deref()
-            .and_then(keys::decode_value)
-            .map_or(0, |(v, _)| v);
-        (v.is_some(), previous)
-    };
-    let expected = match op {
-        Op::Put {
-            expected_version, ..
+impl StateMachine {
+    /// A key's version as the call's earlier decisions left it.
+    fn version_of(&self, pending: &Pending, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        if let Some(v) = pending.versions.get(key) {
+            return Ok(*v);
         }
-        | Op::Delete {
-            expected_version, ..
-        } => *expected_version,
-    };
-    if let Some(expected) = expected {
-        let (existed, previous_version) = version_of(data.get(op.key())?);
-        if expected != previous_version {
-            return Ok(OpResult {
-                version: 0,
-                existed,
-                condition_failed: true,
+        let raw = self
+            .shared
+            .data
+            .get(key)
+            .map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+        Ok(raw.as_deref().and_then(keys::decode_value).map(|(v, _)| v))
+    }
+
+    /// Decides one write: its earlier results where its request id was applied before,
+    /// otherwise each op's outcome against the current versions.
+    fn decide_write<'a>(
+        &self,
+        pending: &mut Pending<'a>,
+        ops: &'a [Op],
+        request: Option<&Dedup>,
+        index: u64,
+    ) -> Result<(Vec<OpResult>, bool), StorageError> {
+        if let Some(r) = request {
+            if let Some(first) = pending
+                .fresh
+                .get(&r.id)
+                .or_else(|| self.remembered.get(&r.id))
+            {
+                return Ok((first.clone(), false));
+            }
+        }
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let current = self.version_of(pending, op.key())?;
+            let previous_version = current.unwrap_or(0);
+            let expected = match op {
+                Op::Put {
+                    expected_version, ..
+                }
+                | Op::Delete {
+                    expected_version, ..
+                } => *expected_version,
+            };
+            if expected.is_some_and(|e| e != previous_version) {
+                results.push(OpResult {
+                    version: 0,
+                    existed: current.is_some(),
+                    condition_failed: true,
+                    previous_version,
+                });
+                continue;
+            }
+            let after = match op {
+                Op::Put { .. } => Some(index),
+                Op::Delete { .. } => None,
+            };
+            pending.versions.insert(op.key(), after);
+            results.push(OpResult {
+                version: index,
+                existed: current.is_some(),
+                condition_failed: false,
                 previous_version,
             });
         }
-    }
-    let replaced = match op {
-        Op::Put { key, value, .. } => {
-            data.insert(key.as_slice(), keys::encode_value(index, value))?
+        if let Some(r) = request {
+            pending.fresh.insert(r.id.clone(), results.clone());
         }
-        Op::Delete { key, .. } => data.remove(key.as_slice())?,
-    };
-    let (existed, previous_version) = version_of(replaced);
-    Ok(OpResult {
-        version: index,
-        existed,
-        condition_failed: false,
-        previous_version,
-    })
+        Ok((results, true))
+    }
+
+    /// Decides what an entry does, without writing anything.
+    fn decide<'a>(&self, pending: &mut Pending<'a>, e: &'a Entry) -> Result<Decided, StorageError> {
+        let index = e.log_id.index;
+        let mut decided = Decided {
+            log_id: e.log_id,
+            response: Response::None,
+            applied: Vec::new(),
+            map: None,
+        };
+        let current_map = |pending: &Pending| -> Result<Option<Vec<u8>>, StorageError> {
+            match &pending.map {
+                Some(m) => Ok(Some(m.clone())),
+                None => Ok(self
+                    .shared
+                    .cluster_map()
+                    .map_err(|e| read_err(ErrorSubject::StateMachine, e))?
+                    .map(|m| m.to_vec())),
+            }
+        };
+        match &e.payload {
+            EntryPayload::Blank | EntryPayload::Membership(_) => {}
+            EntryPayload::Normal(Request::Writes { writes }) => {
+                let mut all = Vec::with_capacity(writes.len());
+                for w in writes {
+                    let (results, applied) =
+                        self.decide_write(pending, &w.ops, w.dedup.as_ref(), index)?;
+                    all.push(results);
+                    decided.applied.push(applied);
+                }
+                decided.response = Response::Writes(all);
+            }
+            EntryPayload::Normal(
+                Request::Write { ops, dedup } | Request::TrackedWrite { ops, dedup, .. },
+            ) => {
+                let (results, applied) = self.decide_write(pending, ops, dedup.as_ref(), index)?;
+                decided.applied.push(applied);
+                decided.response = Response::Write(results);
+            }
+            EntryPayload::Normal(Request::ChangeMap {
+                change_json,
+                expected_epoch,
+            }) => {
+                let current = current_map(pending)?;
+                let outcome = change_map(current.as_deref(), change_json, *expected_epoch);
+                if let Ok((_, json)) = &outcome {
+                    decided.map = Some(serde_bytes::ByteBuf::from(json.clone()));
+                }
+                decided.response = Response::MapChanged(outcome.map(|(epoch, _)| epoch));
+            }
+            EntryPayload::Normal(Request::SetClusterMap { epoch, map_json }) => {
+                let current = current_map(pending)?
+                    .and_then(|raw| serde_json::from_slice::<shardmap::ClusterMap>(&raw).ok())
+                    .map_or(0, |m| m.epoch);
+                let stored = *epoch > current;
+                if stored {
+                    decided.map = Some(serde_bytes::ByteBuf::from(map_json.clone()));
+                }
+                decided.response = Response::ClusterMap { stored };
+            }
+        }
+        Ok(decided)
+    }
+
+    /// Takes a replayed decision into the call's view, as deciding it would have.
+    fn note_replayed<'a>(pending: &mut Pending<'a>, e: &'a Entry, d: &Decided) {
+        let index = e.log_id.index;
+        for (((ops, request), results), applied) in writes_of(&e.payload)
+            .into_iter()
+            .zip(write_results(&d.response))
+            .zip(&d.applied)
+        {
+            if !applied {
+                continue;
+            }
+            if let Some(r) = request {
+                pending.fresh.insert(r.id.clone(), results.clone());
+            }
+            for (op, result) in ops.iter().zip(results) {
+                if !result.condition_failed {
+                    let after = matches!(op, Op::Put { .. }).then_some(index);
+                    pending.versions.insert(op.key(), after);
+                }
+            }
+        }
+        if let Some(m) = &d.map {
+            pending.map = Some(m.to_vec());
+        }
+    }
+
+    /// Writes what an entry's decision does: data, its request-id record, the cluster map.
+    fn write_effects(&self, e: &Entry, d: &Decided, fresh: &Fresh) -> Result<(), StorageError> {
+        let werr = |e: sled::Error| sto_err(ErrorSubject::Apply(d.log_id), ErrorVerb::Write, e);
+        let index = e.log_id.index;
+        let mut any_applied = false;
+        for (((ops, _), results), applied) in writes_of(&e.payload)
+            .into_iter()
+            .zip(write_results(&d.response))
+            .zip(&d.applied)
+        {
+            if !applied {
+                continue;
+            }
+            any_applied = true;
+            for (op, result) in ops.iter().zip(results) {
+                if result.condition_failed {
+                    continue;
+                }
+                match op {
+                    Op::Put { key, value, .. } => self
+                        .shared
+                        .data
+                        .insert(key.as_slice(), keys::encode_value(index, value))
+                        .map(|_| ()),
+                    Op::Delete { key, .. } => self.shared.data.remove(key.as_slice()).map(|_| ()),
+                }
+                .map_err(werr)?;
+            }
+        }
+        // The ids this entry applied, with their results, in one record.
+        if any_applied {
+            if let Some((at, ids)) = request_ids(&e.payload) {
+                let pairs: Vec<(&[u8], &Vec<OpResult>)> = ids
+                    .into_iter()
+                    .filter_map(|id| fresh.get(id).map(|r| (id, r)))
+                    .collect();
+                if !pairs.is_empty() {
+                    self.shared
+                        .dedup
+                        .insert(&keys::dedup_entry_key(at, index)[..], ser(&pairs)?)
+                        .map_err(werr)?;
+                }
+            }
+        }
+        if let Some(m) = &d.map {
+            self.shared
+                .sm
+                .insert(keys::CLUSTER_MAP, m.as_slice())
+                .map_err(werr)?;
+        }
+        Ok(())
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -401,109 +623,64 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
-        let applied_raw = ser(&Some(last))?;
+        let werr = |e: sled::Error| sto_err(ErrorSubject::Apply(last), ErrorVerb::Write, e);
+        // 1. Decide every entry, writing nothing.
+        let mut pending = Pending::default();
+        let mut decided = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let replayed = self
+                .replay
+                .remove(&e.log_id.index)
+                .filter(|d| d.log_id == e.log_id);
+            let d = match replayed {
+                Some(d) => {
+                    Self::note_replayed(&mut pending, e, &d);
+                    d
+                }
+                None => self.decide(&mut pending, e)?,
+            };
+            decided.push(d);
+        }
         let mut membership_raw = None;
         for e in &entries {
             if let EntryPayload::Membership(m) = &e.payload {
                 membership_raw = Some(ser(&StoredMembership::new(Some(e.log_id), m.clone()))?);
             }
         }
-        // Data and the applied marker change in one transaction, so a crash never leaves them
-        // disagreeing. The closure may run more than once on conflict: it must not have effects
-        // outside the transaction.
-        let remembered = &self.remembered;
-        let result: Result<(Vec<Response>, Fresh), TransactionError<()>> =
-            (&self.shared.data, &self.shared.sm, &self.shared.dedup).transaction(
-                |(data, sm, dedup)| {
-                    let mut responses = Vec::with_capacity(entries.len());
-                    let mut fresh = Fresh::new();
-                    for e in &entries {
-                        let before = fresh.len();
-                        let resp = match &e.payload {
-                            EntryPayload::Blank | EntryPayload::Membership(_) => Response::None,
-                            EntryPayload::Normal(Request::Writes { writes }) => Response::Writes(
-                                writes
-                                    .iter()
-                                    .map(|w| {
-                                        apply_write(
-                                            data,
-                                            remembered,
-                                            &mut fresh,
-                                            &w.ops,
-                                            w.dedup.as_ref(),
-                                            e.log_id.index,
-                                        )
-                                    })
-                                    .collect::<Result<_, _>>()?,
-                            ),
-                            EntryPayload::Normal(
-                                Request::Write { ops, dedup: d }
-                                | Request::TrackedWrite { ops, dedup: d, .. },
-                            ) => Response::Write(apply_write(
-                                data,
-                                remembered,
-                                &mut fresh,
-                                ops,
-                                d.as_ref(),
-                                e.log_id.index,
-                            )?),
-                            EntryPayload::Normal(Request::ChangeMap {
-                                change_json,
-                                expected_epoch,
-                            }) => {
-                                let current = sm.get(keys::CLUSTER_MAP)?;
-                                let outcome =
-                                    change_map(current.as_deref(), change_json, *expected_epoch);
-                                if let Ok((_, json)) = &outcome {
-                                    sm.insert(keys::CLUSTER_MAP, json.as_slice())?;
-                                }
-                                Response::MapChanged(outcome.map(|(epoch, _)| epoch))
-                            }
-                            EntryPayload::Normal(Request::SetClusterMap { epoch, map_json }) => {
-                                let current = sm
-                                    .get(keys::CLUSTER_MAP)?
-                                    .and_then(|raw| {
-                                        serde_json::from_slice::<shardmap::ClusterMap>(&raw).ok()
-                                    })
-                                    .map_or(0, |m| m.epoch);
-                                let stored = *epoch > current;
-                                if stored {
-                                    sm.insert(keys::CLUSTER_MAP, map_json.as_slice())?;
-                                }
-                                Response::ClusterMap { stored }
-                            }
-                        };
-                        // The ids this entry applied, with their results, in one record.
-                        if fresh.len() > before {
-                            if let Some((at, ids)) = request_ids(&e.payload) {
-                                let pairs: Vec<(&[u8], &Vec<OpResult>)> = ids
-                                    .into_iter()
-                                    .filter_map(|id| fresh.get(id).map(|r| (id, r)))
-                                    .collect();
-                                let raw = bincode::serialize(&pairs)
-                                    .map_err(|_| ConflictableTransactionError::Abort(()))?;
-                                dedup
-                                    .insert(&keys::dedup_entry_key(at, e.log_id.index)[..], raw)?;
-                            }
-                        }
-                        responses.push(resp);
-                    }
-                    sm.insert(keys::APPLIED, applied_raw.as_slice())?;
-                    if let Some(m) = &membership_raw {
-                        sm.insert(keys::MEMBERSHIP, m.as_slice())?;
-                    }
-                    Ok((responses, fresh))
-                },
-            );
-        let (responses, fresh) = result.map_err(|e| {
-            sto_err(
-                ErrorSubject::Apply(last),
-                ErrorVerb::Write,
-                std::io::Error::other(format!("{e:?}")),
-            )
-        })?;
-        self.remembered.extend(fresh);
-        self.shared.applied.store(last.index, Ordering::Release);
+        let has_effects = decided
+            .iter()
+            .any(|d| d.map.is_some() || d.applied.iter().any(|a| *a));
+        {
+            let _writing = self
+                .shared
+                .visible
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            // 2. The decisions, before any effect; 3. the effects; 4. the marker. sled recovers
+            // a prefix of its log, so after a crash the marker is never ahead of the effects,
+            // and any effect on disk has its decision on disk.
+            if has_effects {
+                self.shared
+                    .sm
+                    .insert(keys::JOURNAL, ser(&decided)?)
+                    .map_err(werr)?;
+            }
+            for (e, d) in entries.iter().zip(&decided) {
+                self.write_effects(e, d, &pending.fresh)?;
+            }
+            if let Some(m) = &membership_raw {
+                self.shared
+                    .sm
+                    .insert(keys::MEMBERSHIP, m.as_slice())
+                    .map_err(werr)?;
+            }
+            self.shared
+                .sm
+                .insert(keys::APPLIED, ser(&Some(last))?)
+                .map_err(werr)?;
+            self.shared.applied.store(last.index, Ordering::Release);
+        }
+        self.remembered.extend(pending.fresh);
         // Every entry with request ids moves the log's clock, batch entries included: a group
         // that only sees batches must forget too, or its table grows without end.
         if let Some(now) = entries
@@ -513,15 +690,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             self.forget_request_ids_before(now.saturating_sub(DEDUP_WINDOW_MS))?;
         }
-        if responses.iter().any(|r| {
-            matches!(
-                r,
-                Response::ClusterMap { stored: true } | Response::MapChanged(Ok(_))
-            )
-        }) {
+        if decided.iter().any(|d| d.map.is_some()) {
             self.shared.map_changed.send_modify(|v| *v += 1);
         }
-        Ok(responses)
+        Ok(decided.into_iter().map(|d| d.response).collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

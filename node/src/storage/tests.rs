@@ -231,3 +231,119 @@ mod dedup {
         }
     }
 }
+
+/// apply writes no sled transaction: a crash can leave effects on disk with the applied marker
+/// behind them. These tests put a state machine in that state and apply the entries again, as
+/// openraft does after a restart.
+mod replay {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::keys;
+    use crate::types::{Dedup, Entry, LogId, Op, Request, Response, SubWrite};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn write(index: u64, ops: Vec<Op>, id: Option<&str>) -> Entry {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(Request::Write {
+                ops,
+                dedup: id.map(|id| Dedup {
+                    id: id.as_bytes().to_vec(),
+                    at_ms: 1_000,
+                }),
+            }),
+        }
+    }
+
+    fn put(key: &str, value: &str, expected_version: Option<u64>) -> Op {
+        Op::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            expected_version,
+        }
+    }
+
+    /// Entries 2..=4 after `k` = "a" at version 1: a conditional delete of `k`, a create of
+    /// `j` (must not exist), and a batch of two puts with request ids.
+    fn later_entries() -> Vec<Entry> {
+        let del = Op::Delete {
+            key: b"k".to_vec(),
+            expected_version: Some(1),
+        };
+        let sub = |key: &str, id: &str| SubWrite {
+            ops: vec![put(key, "v", None)],
+            dedup: Some(Dedup {
+                id: id.as_bytes().to_vec(),
+                at_ms: 1_000,
+            }),
+        };
+        vec![
+            write(2, vec![del], Some("del")),
+            write(3, vec![put("j", "x", Some(0))], None),
+            Entry {
+                log_id: log_id(4),
+                payload: EntryPayload::Normal(Request::Writes {
+                    writes: vec![sub("m", "id-m"), sub("n", "id-n")],
+                }),
+            },
+        ]
+    }
+
+    async fn crash_after_effects(undo: impl FnOnce(&sled::Db)) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let flusher = Flusher::start(db.clone()).unwrap();
+        let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
+        sm.apply([write(1, vec![put("k", "a", None)], None)])
+            .await
+            .unwrap();
+        let first: Vec<Response> = sm.apply(later_entries()).await.unwrap();
+        assert!(
+            matches!(&first[0], Response::Write(r) if !r[0].condition_failed),
+            "{first:?}"
+        );
+        drop(sm);
+        // The crash: the marker never moved past entry 1 (and maybe some effects are missing).
+        let sm_tree = db.open_tree(keys::sm_tree(1)).unwrap();
+        sm_tree
+            .insert(keys::APPLIED, bincode::serialize(&Some(log_id(1))).unwrap())
+            .unwrap();
+        undo(&db);
+
+        let mut sm = StateMachine::open(&db, 1, flusher).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1)));
+        let again = sm.apply(later_entries()).await.unwrap();
+        assert_eq!(
+            again, first,
+            "applied again, every entry answers as the first time"
+        );
+        let data = sm.data();
+        assert_eq!(data.get(b"k").unwrap(), None);
+        assert_eq!(data.get(b"j").unwrap(), Some((3, b"x".to_vec())));
+        assert_eq!(data.get(b"m").unwrap(), Some((4, b"v".to_vec())));
+        assert_eq!(data.get(b"n").unwrap(), Some((4, b"v".to_vec())));
+        assert_eq!(data.applied_index(), 4);
+    }
+
+    #[tokio::test]
+    async fn entries_whose_effects_all_reached_disk_are_answered_as_before() {
+        crash_after_effects(|_| {}).await;
+    }
+
+    #[tokio::test]
+    async fn entries_whose_effects_partly_reached_disk_are_finished() {
+        crash_after_effects(|db| {
+            // The delete of k and the put of n never reached the disk.
+            let data = db.open_tree(keys::data_tree(1)).unwrap();
+            data.insert(b"k", keys::encode_value(1, b"a")).unwrap();
+            data.remove(b"n").unwrap();
+        })
+        .await;
+    }
+}
