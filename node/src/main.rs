@@ -201,6 +201,11 @@ async fn wait_for_signal() {
 mod tests {
     use super::*;
 
+    // glibc's malloc was a tenth of a node's CPU under load (a profile, docs/benchmarks.md);
+    // mimalloc's thread-local free lists make the many small per-request allocations cheap.
+    #[global_allocator]
+    static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
     #[test]
     fn cluster_flag() {
         let c = parse_cluster("1=a:1, 2=b:2").unwrap();

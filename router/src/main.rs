@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+// glibc's malloc was a tenth of a node's CPU under load (a profile, docs/benchmarks.md);
+// mimalloc's thread-local free lists make the many small per-request allocations cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The store's router: serves the KV API and routes each request to its shard group's leader.
 #[derive(Debug, Parser)]
 #[command(name = "kvrouter", version, about)]

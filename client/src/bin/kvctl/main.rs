@@ -133,6 +133,11 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 mod tests {
     use std::time::Duration;
 
+    // glibc's malloc was a tenth of a node's CPU under load (a profile, docs/benchmarks.md);
+    // mimalloc's thread-local free lists make the many small per-request allocations cheap.
+    #[global_allocator]
+    static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
     use super::*;
     use crate::args::ConsistencyArg;
     use crate::output::OutputFormat;
