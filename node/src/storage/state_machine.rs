@@ -293,6 +293,9 @@ impl StateMachine {
     /// the `installing` marker, set before and cleared after, with the snapshot stored first.
     fn install_body(&mut self, data: &[u8]) -> Result<(), StorageError> {
         let werr = |e: sled::Error| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e);
+        // Readers wait rather than see the data tree emptied and refilled.
+        let visible = self.shared.visible.clone();
+        let _writing = visible.write().unwrap_or_else(|p| p.into_inner());
         let body: SnapshotBody =
             bincode::deserialize(data).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
         let sm = &self.shared.sm;
@@ -659,10 +662,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // 2. The decisions, before any effect; 3. the effects; 4. the marker. sled recovers
             // a prefix of its log, so after a crash the marker is never ahead of the effects,
             // and any effect on disk has its decision on disk.
-            if has_effects {
+            if has_effects || !self.replay.is_empty() {
+                // Decisions still waiting to be replayed go along: this record replaces the
+                // one they came from, and a second crash must not lose them.
+                let mut journal: Vec<&Decided> = decided.iter().collect();
+                let mut waiting: Vec<&Decided> = self.replay.values().collect();
+                waiting.sort_by_key(|d| d.log_id.index);
+                journal.extend(waiting);
                 self.shared
                     .sm
-                    .insert(keys::JOURNAL, ser(&decided)?)
+                    .insert(keys::JOURNAL, ser(&journal)?)
                     .map_err(werr)?;
             }
             for (e, d) in entries.iter().zip(&decided) {

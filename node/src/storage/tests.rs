@@ -337,6 +337,38 @@ mod replay {
     }
 
     #[tokio::test]
+    async fn a_second_crash_during_the_replay_loses_no_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let flusher = Flusher::start(db.clone()).unwrap();
+        let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
+        sm.apply([write(1, vec![put("k", "a", None)], None)])
+            .await
+            .unwrap();
+        let first: Vec<Response> = sm.apply(later_entries()).await.unwrap();
+        drop(sm);
+        let sm_tree = db.open_tree(keys::sm_tree(1)).unwrap();
+        sm_tree
+            .insert(keys::APPLIED, bincode::serialize(&Some(log_id(1))).unwrap())
+            .unwrap();
+        // The replay applies entry 2 alone, then the node crashes again.
+        let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
+        let mut entries = later_entries();
+        let rest = entries.split_off(1);
+        let again = sm.apply(entries).await.unwrap();
+        assert_eq!(again[..], first[..1]);
+        drop(sm);
+        let mut sm = StateMachine::open(&db, 1, flusher).unwrap();
+        let again = sm.apply(rest).await.unwrap();
+        assert_eq!(
+            again[..],
+            first[1..],
+            "entries 3 and 4 answer as the first time"
+        );
+        assert_eq!(sm.data().get(b"j").unwrap(), Some((3, b"x".to_vec())));
+    }
+
+    #[tokio::test]
     async fn entries_whose_effects_partly_reached_disk_are_finished() {
         crash_after_effects(|db| {
             // The delete of k and the put of n never reached the disk.
