@@ -187,8 +187,8 @@ impl Router {
             expected_epoch,
         };
         let response = self
-            .call(META_GROUP, 0, deadline, |conn: NodeConn, budget| {
-                let mut client = conn.client;
+            .call(META_GROUP, 0, deadline, |conn: Arc<NodeConn>, budget| {
+                let mut client = conn.client.clone();
                 let request = timed(request.clone(), budget);
                 async move { client.propose_map_change(request).await }
             })
@@ -298,8 +298,8 @@ impl Router {
             };
             async move {
                 let response = self
-                    .call(group, epoch, deadline, |conn: NodeConn, budget| {
-                        let mut client = conn.client;
+                    .call(group, epoch, deadline, |conn: Arc<NodeConn>, budget| {
+                        let mut client = conn.client.clone();
                         let request = timed(request.clone(), budget);
                         async move { client.scan(request).await }
                     })

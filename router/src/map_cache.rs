@@ -80,6 +80,14 @@ impl MapCache {
         if let Some(map) = self.current() {
             return Ok(map);
         }
+        // Boxed: every request passes here but only those before the first map wait, and the
+        // wait's timer and channel would make every request's future (which is moved and
+        // copied whole) larger.
+        Box::pin(self.wait_first(deadline)).await
+    }
+
+    /// [`MapCache::wait`] when no map is loaded yet.
+    async fn wait_first(&self, deadline: Instant) -> Result<Arc<CompiledMap>, RouterError> {
         let mut rx = self.current.subscribe();
         let waited = tokio::time::timeout_at(deadline, async {
             rx.wait_for(Option::is_some)

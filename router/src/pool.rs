@@ -7,15 +7,17 @@
 //! across an `.await`, so an async mutex would only add cost.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use kv_proto::multi::{self, Answer, Mux, Outbound};
 use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::node_client::NodeClient;
 use kv_proto::node::{
-    node_call, NodeCall, NodeMultiRequest, NodeMultiResponse, ReadRequest, ReadResponse,
-    WriteRequest, WriteResponse,
+    node_call, NodeCall, NodeCallResult, NodeMultiRequest, NodeMultiResponse, ReadRequest,
+    ReadResponse, WriteRequest, WriteResponse,
 };
 use kv_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
@@ -29,51 +31,58 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct NodeCalls(Mux<NodeMultiRequest, NodeMultiResponse>);
 
+// Plain functions returning the call's future with its answer mapped, rather than `async fn`s
+// or `async` blocks awaiting it: each of those would keep a second copy of the future inside
+// its own (the one it was handed and the one it awaits), and every router request holds and
+// moves this one.
 impl NodeCalls {
     /// Runs one read; `budget` becomes the call's `timeout_ms`, and the caller bounds the wait.
-    pub async fn read(
+    pub fn read(
         &self,
         request: ReadRequest,
         budget: Duration,
-    ) -> Result<tonic::Response<ReadResponse>, tonic::Status> {
-        match self.call(node_call::Call::Read(request), budget).await? {
-            Outcome::Read(r) => Ok(tonic::Response::new(r)),
-            _ => Err(tonic::Status::internal(
-                "the node answered a read with another kind",
-            )),
-        }
+    ) -> impl Future<Output = Result<tonic::Response<ReadResponse>, tonic::Status>> + '_ {
+        self.call(node_call::Call::Read(request), budget)
+            .map(|answer| match answer?.outcome()? {
+                Outcome::Read(r) => Ok(tonic::Response::new(r)),
+                _ => Err(tonic::Status::internal(
+                    "the node answered a read with another kind",
+                )),
+            })
     }
 
     /// Runs one write, as [`NodeCalls::read`].
-    pub async fn write(
+    pub fn write(
         &self,
         request: WriteRequest,
         budget: Duration,
-    ) -> Result<tonic::Response<WriteResponse>, tonic::Status> {
-        match self.call(node_call::Call::Write(request), budget).await? {
-            Outcome::Write(r) => Ok(tonic::Response::new(r)),
-            _ => Err(tonic::Status::internal(
-                "the node answered a write with another kind",
-            )),
-        }
+    ) -> impl Future<Output = Result<tonic::Response<WriteResponse>, tonic::Status>> + '_ {
+        self.call(node_call::Call::Write(request), budget)
+            .map(|answer| match answer?.outcome()? {
+                Outcome::Write(r) => Ok(tonic::Response::new(r)),
+                _ => Err(tonic::Status::internal(
+                    "the node answered a write with another kind",
+                )),
+            })
     }
 
-    async fn call(
+    fn call(
         &self,
         call: node_call::Call,
         budget: Duration,
-    ) -> Result<Outcome, tonic::Status> {
-        let call = NodeCall {
+    ) -> impl Future<Output = Result<NodeCallResult, tonic::Status>> + '_ {
+        self.0.call(NodeCall {
             call: Some(call),
             timeout_ms: multi::timeout_ms(budget),
             id: 0,
-        };
-        self.0.call(call).await?.outcome()
+        })
     }
 }
 
-/// What the router holds for one node: its client, and the call stream beside it.
-#[derive(Debug, Clone)]
+/// What the router holds for one node: its client, and the call stream beside it. Handed out
+/// behind an `Arc`: every node request takes one, and cloning the client (a channel of several
+/// senders) for requests that go over `calls` would cost more than the request's own routing.
+#[derive(Debug)]
 pub struct NodeConn {
     pub client: NodeClient<Channel>,
     pub calls: Arc<NodeCalls>,
@@ -82,18 +91,18 @@ pub struct NodeConn {
 /// Node connections by address (`HOST:PORT`).
 #[derive(Debug, Default)]
 pub struct NodePool {
-    clients: Mutex<HashMap<String, NodeConn>>,
+    clients: Mutex<HashMap<String, Arc<NodeConn>>>,
 }
 
 impl NodePool {
     /// The client for `addr`; see [`NodePool::conn`].
     pub fn client(&self, addr: &str) -> Result<NodeClient<Channel>, RouterError> {
-        self.conn(addr).map(|c| c.client)
+        self.conn(addr).map(|c| c.client.clone())
     }
 
     /// The connection to `addr`, creating its channel and coalescer on first use (no I/O
     /// happens here; the connection is opened by the first request).
-    pub fn conn(&self, addr: &str) -> Result<NodeConn, RouterError> {
+    pub fn conn(&self, addr: &str) -> Result<Arc<NodeConn>, RouterError> {
         let mut clients = self
             .clients
             .lock()
@@ -116,10 +125,10 @@ impl NodePool {
         let client = NodeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let conn = NodeConn {
+        let conn = Arc::new(NodeConn {
             calls: Arc::new(coalescer(client.clone())),
             client,
-        };
+        });
         clients.insert(addr.to_string(), conn.clone());
         Ok(conn)
     }

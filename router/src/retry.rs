@@ -118,6 +118,24 @@ pub fn request_budget(metadata: &MetadataMap, configured: Duration) -> Duration 
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
+    budget_within(client, configured)
+}
+
+/// [`request_budget`] of a call streamed in a `MultiStream` with `timeout_ms` (0: none): the
+/// budget its unary handler finds in the `grpc-timeout` that `kv_proto::multi` gives the unary
+/// request it serves the call as. That header holds at most 8 digits of its unit, so past
+/// 99,999,999 ms it carries whole seconds.
+pub fn stream_call_budget(timeout_ms: u32, configured: Duration) -> Duration {
+    let client = match timeout_ms {
+        0 => None,
+        ms if ms <= 99_999_999 => Some(Duration::from_millis(ms.into())),
+        ms => Some(Duration::from_secs((ms / 1000).into())),
+    };
+    budget_within(client, configured)
+}
+
+/// The client's timeout less a margin when it is shorter than the configured one.
+fn budget_within(client: Option<Duration>, configured: Duration) -> Duration {
     match client {
         Some(client) if client < configured => {
             let margin = (client / 10).min(Duration::from_millis(20));
@@ -309,6 +327,37 @@ mod tests {
         assert_eq!(request_budget(&md, configured), Duration::from_millis(90));
         md.insert("grpc-timeout", MetadataValue::from_static("60S"));
         assert_eq!(request_budget(&md, configured), configured);
+    }
+
+    #[test]
+    fn streamed_calls_get_the_budget_of_the_unary_request_they_stand_for() {
+        for configured in [Duration::from_secs(5), Duration::from_secs(200 * 86_400)] {
+            for ms in [
+                0,
+                1,
+                99,
+                100,
+                4_999,
+                5_000,
+                5_001,
+                99_999,
+                100_000,
+                99_999_999,
+                100_000_000,
+                100_000_999,
+                u32::MAX,
+            ] {
+                let mut unary = tonic::Request::new(());
+                if ms > 0 {
+                    unary.set_timeout(Duration::from_millis(ms.into()));
+                }
+                assert_eq!(
+                    stream_call_budget(ms, configured),
+                    request_budget(unary.metadata(), configured),
+                    "{ms} ms within {configured:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! attempt did reach the leader; for a conditional write the second attempt then reports a
 //! version mismatch. Nodes do not deduplicate requests yet.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{join_all, try_join_all};
+use futures::FutureExt;
 use kv_proto::codes;
 use kv_proto::kv::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, Consistency,
@@ -33,7 +35,7 @@ use kv_proto::node::{
     write_op, DeleteOp, NodeScanRequest, PutOp, ReadRequest, ReadResponse, WriteOp, WriteRequest,
     WriteResponse, WriteResult,
 };
-use shardmap::{CompiledMap, GroupId, Limits, MapError, NodeId};
+use shardmap::{CompiledMap, GroupId, Limits, MapError, NodeId, Placement};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -45,6 +47,9 @@ use crate::metrics::Metrics;
 use crate::pool::{NodeConn, NodePool};
 use crate::retry::{attempt_budget, classify, error_code, Backoff, Decision};
 use crate::session::{self, replica_order};
+
+/// What a request that ran out of time before any attempt reports as its last error.
+const NOTHING_TRIED: &str = "no replica was tried";
 
 /// The longest one attempt of an eventual read may take: a node answers within its catch-up
 /// wait (500 ms) when it is healthy.
@@ -162,12 +167,12 @@ impl Router {
         mut rpc: F,
     ) -> Result<T, RouterError>
     where
-        F: FnMut(NodeConn, Duration) -> Fut,
+        F: FnMut(Arc<NodeConn>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = Backoff::default();
         let mut attempts: u32 = 0;
-        let mut last_error = String::from("no replica was tried");
+        let mut last_error: Cow<'static, str> = Cow::Borrowed(NOTHING_TRIED);
         let mut last_code: Option<String> = None;
         // Where the next attempt goes when the previous one said so.
         let mut next: Option<(NodeId, Option<String>)> = None;
@@ -178,13 +183,13 @@ impl Router {
                 return Err(RouterError::Unavailable {
                     group,
                     attempts,
-                    last_error,
+                    last_error: last_error.into_owned(),
                     code: last_code,
                 });
             }
             let map = self.maps.wait(deadline).await?;
             let replicas = match map.map.replicas(group) {
-                Ok(r) if !r.is_empty() => r.to_vec(),
+                Ok(r) if !r.is_empty() => r,
                 Err(_) if routed_epoch != 0 && map.map.epoch > routed_epoch => {
                     // The group was routed to with an older map and this one no longer has it
                     // (its keyspace was dropped, say): route again.
@@ -201,26 +206,29 @@ impl Router {
                     last_error = format!(
                         "the cluster map (epoch {}) has no replicas for the group",
                         map.map.epoch
-                    );
+                    )
+                    .into();
                     self.maps.request_refresh();
                     self.pause(&mut backoff, deadline).await;
                     continue;
                 }
             };
             let hinted = next.take().and_then(|(id, addr)| {
-                addr.or_else(|| map.map.node_addr(id).map(str::to_string))
+                addr.map(Cow::Owned)
+                    .or_else(|| map.map.node_addr(id).map(Cow::Borrowed))
                     .map(|addr| (id, addr))
             });
             let (node, addr) = match hinted {
                 Some(target) => target,
                 None => {
-                    let id = self.leaders.pick(group, &replicas).unwrap_or(replicas[0]);
+                    let id = self.leaders.pick(group, replicas).unwrap_or(replicas[0]);
                     match map.map.node_addr(id) {
-                        Some(addr) => (id, addr.to_string()),
+                        Some(addr) => (id, Cow::Borrowed(addr)),
                         None => {
-                            last_error = format!("node {id} has no address in the cluster map");
+                            last_error =
+                                format!("node {id} has no address in the cluster map").into();
                             self.maps.request_refresh();
-                            if let Some(n) = next_replica(&replicas, id) {
+                            if let Some(n) = next_replica(replicas, id) {
                                 self.leaders.advance(group, id, n);
                             }
                             self.pause(&mut backoff, deadline).await;
@@ -232,8 +240,8 @@ impl Router {
             let client = match self.pool.conn(&addr) {
                 Ok(c) => c,
                 Err(e) => {
-                    last_error = e.to_string();
-                    if let Some(n) = next_replica(&replicas, node) {
+                    last_error = e.to_string().into();
+                    if let Some(n) = next_replica(replicas, node) {
                         self.leaders.advance(group, node, n);
                         next = Some((n, None));
                     }
@@ -256,7 +264,8 @@ impl Router {
                 "node {node} ({addr}): {:?}: {}",
                 status.code(),
                 status.message()
-            );
+            )
+            .into();
             last_code = error_code(&status).map(str::to_string);
             let decision = classify(&status);
             tracing::debug!(group, node, %addr, ?decision, error = %last_error, "node request failed");
@@ -272,15 +281,11 @@ impl Router {
                 Decision::Remap => {
                     self.metrics.node_retries.fetch_add(1, Ordering::Relaxed);
                     // The node knows a newer map than the one the request was routed with.
-                    let _ = tokio::time::timeout_at(
-                        deadline,
-                        self.maps.refresh_from(&self.pool, &self.metrics, &addr),
-                    )
-                    .await;
+                    self.refresh_map_from(&addr, deadline).await;
                     return Err(RouterError::Remap {
                         group,
                         code: last_code.unwrap_or_else(|| codes::STALE_EPOCH.to_string()),
-                        message: last_error,
+                        message: last_error.into_owned(),
                     });
                 }
                 Decision::Redirect { leader, addr: hint } => {
@@ -293,7 +298,7 @@ impl Router {
                     match hint {
                         Some(hint) => next = Some((leader, Some(hint))),
                         None => {
-                            if let Some(n) = next_replica(&replicas, node) {
+                            if let Some(n) = next_replica(replicas, node) {
                                 next = Some((n, None));
                             }
                         }
@@ -311,7 +316,7 @@ impl Router {
                     if refresh_map {
                         self.maps.request_refresh();
                     }
-                    if let Some(n) = next_replica(&replicas, node) {
+                    if let Some(n) = next_replica(replicas, node) {
                         self.leaders.advance(group, node, n);
                         next = Some((n, None));
                     }
@@ -335,25 +340,25 @@ impl Router {
         mut rpc: F,
     ) -> Result<T, RouterError>
     where
-        F: FnMut(NodeConn, Duration) -> Fut,
+        F: FnMut(Arc<NodeConn>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = Backoff::default();
         let mut attempts: u32 = 0;
-        let mut last_error = String::from("no replica was tried");
+        let mut last_error: Cow<'static, str> = Cow::Borrowed(NOTHING_TRIED);
         let mut last_code: Option<String> = None;
         loop {
             if Instant::now() >= deadline {
                 return Err(RouterError::Unavailable {
                     group,
                     attempts,
-                    last_error,
+                    last_error: last_error.into_owned(),
                     code: last_code,
                 });
             }
             let map = self.maps.wait(deadline).await?;
             let replicas = match map.map.replicas(group) {
-                Ok(r) if !r.is_empty() => r.to_vec(),
+                Ok(r) if !r.is_empty() => r,
                 Err(_) if routed_epoch != 0 && map.map.epoch > routed_epoch => {
                     return Err(RouterError::Remap {
                         group,
@@ -368,27 +373,28 @@ impl Router {
                     last_error = format!(
                         "the cluster map (epoch {}) has no replicas for the group",
                         map.map.epoch
-                    );
+                    )
+                    .into();
                     self.maps.request_refresh();
                     self.pause(&mut backoff, deadline).await;
                     continue;
                 }
             };
             let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
-            for node in replica_order(&replicas, self.leaders.known(group), start) {
+            for node in replica_order(replicas, self.leaders.known(group), start) {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
                 }
                 let Some(addr) = map.map.node_addr(node) else {
-                    last_error = format!("node {node} has no address in the cluster map");
+                    last_error = format!("node {node} has no address in the cluster map").into();
                     self.maps.request_refresh();
                     continue;
                 };
                 let client = match self.pool.conn(addr) {
                     Ok(c) => c,
                     Err(e) => {
-                        last_error = e.to_string();
+                        last_error = e.to_string().into();
                         continue;
                     }
                 };
@@ -410,7 +416,8 @@ impl Router {
                         "node {node} ({addr}): {:?}: {}",
                         status.code(),
                         status.message()
-                    );
+                    )
+                    .into();
                     last_code = code.clone();
                 }
                 let decision = classify(&status);
@@ -426,15 +433,11 @@ impl Router {
                     }
                     Decision::Remap => {
                         self.metrics.node_retries.fetch_add(1, Ordering::Relaxed);
-                        let _ = tokio::time::timeout_at(
-                            deadline,
-                            self.maps.refresh_from(&self.pool, &self.metrics, addr),
-                        )
-                        .await;
+                        self.refresh_map_from(addr, deadline).await;
                         return Err(RouterError::Remap {
                             group,
                             code: last_code.unwrap_or_else(|| codes::STALE_EPOCH.to_string()),
-                            message: last_error,
+                            message: last_error.into_owned(),
                         });
                     }
                     Decision::NextReplica { refresh_map } => {
@@ -451,6 +454,15 @@ impl Router {
             }
             self.pause(&mut backoff, deadline).await;
         }
+    }
+
+    /// Reads the map from `addr`, a node that said the request's routing is out of date, until
+    /// `deadline` at most. Boxed: the read is a unary gRPC call whose large future would
+    /// otherwise be part of every request's future (moved and copied with it), though it is
+    /// rarely needed.
+    async fn refresh_map_from(&self, addr: &str, deadline: Instant) {
+        let refresh = self.maps.refresh_from(&self.pool, &self.metrics, addr);
+        let _ = tokio::time::timeout_at(deadline, Box::pin(refresh)).await;
     }
 
     /// Sleeps for the next backoff step, but not past the deadline.
@@ -497,20 +509,80 @@ impl Router {
         deadline: Instant,
         refreshed: &mut bool,
     ) -> Result<Arc<CompiledMap>, RouterError> {
+        self.with_placement(keyspace, deadline, refreshed, |map, _| map.clone())
+            .await
+    }
+
+    /// The group that holds `key` of `keyspace`, and the epoch of the map that says so; the
+    /// keyspace found as in [`Router::map_for`].
+    async fn locate(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        deadline: Instant,
+        refreshed: &mut bool,
+    ) -> Result<(u64, GroupId), RouterError> {
+        self.with_placement(keyspace, deadline, refreshed, |map, placement| {
+            (map.map.epoch, placement.locate(key))
+        })
+        .await
+    }
+
+    /// `f` of the map to route with and the keyspace's placement in it (see
+    /// [`Router::map_for`]).
+    async fn with_placement<T>(
+        &self,
+        keyspace: &str,
+        deadline: Instant,
+        refreshed: &mut bool,
+        f: impl Fn(&Arc<CompiledMap>, &Placement) -> T,
+    ) -> Result<T, RouterError> {
         loop {
             let map = self.maps.wait(deadline).await?;
             match map.placement(keyspace) {
-                Ok(_) => return Ok(map),
+                Ok(placement) => return Ok(f(&map, placement)),
                 Err(MapError::UnknownKeyspace(_)) if !*refreshed => {
                     *refreshed = true;
                     let asked = Instant::now();
-                    let _ = tokio::time::timeout_at(
-                        deadline,
-                        self.maps.refresh_after(&self.pool, &self.metrics, asked),
-                    )
-                    .await;
+                    // Boxed for the reason given in `refresh_map_from`.
+                    let refresh = self.maps.refresh_after(&self.pool, &self.metrics, asked);
+                    let _ = tokio::time::timeout_at(deadline, Box::pin(refresh)).await;
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs `op` against the group of `key`, the one item of a single-key request, and returns
+    /// its answer. While the group says the routing was out of date, the key is located again
+    /// with the newer map and `op` runs again, until the deadline: [`Router::per_group`] for
+    /// one item, without the splitting, joining and reassembling of a batch, whose vectors and
+    /// moves of large futures cost a single-key request more than its routing.
+    async fn route_one<T, F, Fut>(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        deadline: Instant,
+        mut op: F,
+    ) -> Result<T, RouterError>
+    where
+        F: FnMut(GroupId, u64) -> Fut,
+        Fut: Future<Output = Result<T, RouterError>>,
+    {
+        let mut refreshed = false;
+        let mut rerouting = Rerouting::default();
+        loop {
+            let (epoch, group) = self
+                .locate(keyspace, key, deadline, &mut refreshed)
+                .await
+                .map_err(|e| rerouting.explain(e))?;
+            match op(group, epoch).await {
+                Ok(answer) => return Ok(answer),
+                Err(e @ RouterError::Remap { .. }) => {
+                    // Boxed: rare, and its wait would enlarge every request's future.
+                    Box::pin(self.after_remap(e, epoch, &mut rerouting, deadline)).await?
+                }
+                Err(e) => return Err(rerouting.explain(e)),
             }
         }
     }
@@ -548,8 +620,9 @@ impl Router {
             })?;
             let runs = groups.into_iter().map(|(group, within)| {
                 let positions: Vec<usize> = within.iter().map(|&j| pending[j]).collect();
-                let run = op(group, epoch, positions.clone());
-                async move { (positions, run.await) }
+                // Mapped rather than awaited in an `async` block, which would hold the group's
+                // future twice.
+                op(group, epoch, positions.clone()).map(move |result| (positions, result))
             });
             let mut again = Vec::new();
             let mut remap = None;
@@ -586,31 +659,9 @@ impl Router {
         mode: ReadMode,
         deadline: Instant,
     ) -> Result<Vec<GetResponse>, RouterError> {
-        let count = keys.len();
-        let eventual = mode.eventual();
-        let request = ReadRequest {
-            group_id: group,
-            epoch,
-            consistency: mode.consistency,
-            keys: keys.clone(),
-            min_applied_index: if eventual { mode.min_applied_index } else { 0 },
-            max_staleness_ms: if eventual { mode.max_staleness_ms } else { 0 },
-        };
-        let rpc = |conn: NodeConn, budget| {
-            let request = request.clone();
-            async move { conn.calls.read(request, budget).await }
-        };
-        let response: ReadResponse = if eventual {
-            self.call_any(group, epoch, deadline, rpc).await?
-        } else {
-            self.call(group, epoch, deadline, rpc).await?
-        };
-        if response.results.len() != count {
-            return Err(RouterError::BadResponse {
-                group,
-                reason: format!("{} read results for {count} keys", response.results.len()),
-            });
-        }
+        let response = self
+            .read_node(group, epoch, mode, keys.len(), deadline, || keys.clone())
+            .await?;
         let (served_by, applied_index) = (response.served_by, response.applied_index);
         Ok(response
             .results
@@ -629,6 +680,72 @@ impl Router {
             .collect())
     }
 
+    /// Reads one key (in `group`) with one node Read: [`Router::read`] of one key, without its
+    /// vectors of keys and answers.
+    async fn read_one(
+        &self,
+        group: GroupId,
+        epoch: u64,
+        key: &Bytes,
+        mode: ReadMode,
+        deadline: Instant,
+    ) -> Result<GetResponse, RouterError> {
+        let response = self
+            .read_node(group, epoch, mode, 1, deadline, || vec![key.clone()])
+            .await?;
+        let r = single(response.results)?;
+        Ok(GetResponse {
+            found: r.found,
+            key: key.clone(),
+            value: r.value,
+            version: r.version,
+            group_id: group,
+            served_by: response.served_by,
+            applied_index: response.applied_index,
+            ..Default::default()
+        })
+    }
+
+    /// Runs one node Read of `count` keys in `group`: at its leader, or at any replica for an
+    /// eventual read. Each attempt sends the keys `keys` gives.
+    async fn read_node(
+        &self,
+        group: GroupId,
+        epoch: u64,
+        mode: ReadMode,
+        count: usize,
+        deadline: Instant,
+        keys: impl Fn() -> Vec<Bytes>,
+    ) -> Result<ReadResponse, RouterError> {
+        let eventual = mode.eventual();
+        // Built afresh for each attempt from its parts: the message is handed over to the
+        // node's call stream, so an attempt needs its own, and a whole request kept only to be
+        // cloned would cost one more allocation per request.
+        let rpc = |conn: Arc<NodeConn>, budget| {
+            let request = ReadRequest {
+                group_id: group,
+                epoch,
+                consistency: mode.consistency,
+                keys: keys(),
+                min_applied_index: if eventual { mode.min_applied_index } else { 0 },
+                max_staleness_ms: if eventual { mode.max_staleness_ms } else { 0 },
+            };
+            async move { conn.calls.read(request, budget).await }
+        };
+        let response: ReadResponse = if eventual {
+            self.call_any(group, epoch, deadline, rpc).await?
+        } else {
+            self.call(group, epoch, deadline, rpc).await?
+        };
+        if response.results.len() != count {
+            return Err(RouterError::BadResponse {
+                group,
+                reason: format!("{} read results for {count} keys", response.results.len()),
+            });
+        }
+        Ok(response)
+    }
+
     /// Applies `ops` (all in `group`) with one node Write. `request_id` names this write to the
     /// group, so that the retries below (and the client's) apply it at most once.
     async fn write(
@@ -641,16 +758,29 @@ impl Router {
         request_id: Bytes,
     ) -> Result<Vec<WriteResult>, RouterError> {
         let count = ops.len();
-        let request = WriteRequest {
+        self.write_node(group, epoch, count, deadline, || WriteRequest {
             group_id: group,
             epoch,
             consistency,
-            ops,
-            request_id,
-        };
+            ops: ops.clone(),
+            request_id: request_id.clone(),
+        })
+        .await
+    }
+
+    /// Runs one node Write of `count` operations in `group`; each attempt sends the request
+    /// `request` builds (see [`Router::read_node`]).
+    async fn write_node(
+        &self,
+        group: GroupId,
+        epoch: u64,
+        count: usize,
+        deadline: Instant,
+        request: impl Fn() -> WriteRequest,
+    ) -> Result<Vec<WriteResult>, RouterError> {
         let response: WriteResponse = self
-            .call(group, epoch, deadline, |conn: NodeConn, budget| {
-                let request = request.clone();
+            .call(group, epoch, deadline, |conn: Arc<NodeConn>, budget| {
+                let request = request();
                 async move { conn.calls.write(request, budget).await }
             })
             .await?;
@@ -675,20 +805,19 @@ impl Router {
         self.limits
             .check_key(&req.key)
             .map_err(RouterError::InvalidKey)?;
-        let keys = [req.key];
-        let answers = self
-            .per_group(&req.keyspace, &keys, deadline, |group, epoch, _| {
+        let mut answer = self
+            .route_one(&req.keyspace, &req.key, deadline, |group, epoch| {
                 let mode = ReadMode::new(
                     req.consistency,
                     req.session.as_ref(),
                     group,
                     req.max_staleness_ms,
                 );
-                self.read(group, epoch, keys.to_vec(), mode, deadline)
+                self.read_one(group, epoch, &req.key, mode, deadline)
             })
             .await?;
-        let mut answer = single(answers)?;
-        let mut token = session::start(req.session.as_ref());
+        // The request's own token, moved rather than copied (see `session::start`).
+        let mut token = req.session.unwrap_or_default();
         if answer.found {
             session::observe(&mut token, answer.group_id, answer.version);
         }
@@ -702,7 +831,7 @@ impl Router {
     async fn write_one(
         &self,
         keyspace: &str,
-        key: Bytes,
+        key: &[u8],
         op: WriteOp,
         consistency: i32,
         expected: Option<u64>,
@@ -710,21 +839,26 @@ impl Router {
         request_id: &Bytes,
     ) -> Result<(GroupId, WriteResult), RouterError> {
         let base = base_request_id(request_id)?;
-        let answers = self
-            .per_group(keyspace, &[key], deadline, |group, epoch, positions| {
-                let op = op.clone();
-                let id = sub_request_id(&base, group, &positions);
+        let op = &op;
+        let (group, result) = self
+            .route_one(keyspace, key, deadline, |group, epoch| {
+                // The id `per_group` gives the part holding a request's only item, so that a
+                // single-key write is named as a one-key batch is.
+                let id = sub_request_id(&base, group, &[0]);
                 async move {
-                    let results = self.write(group, epoch, vec![op], consistency, deadline, id);
-                    Ok(results
-                        .await?
-                        .into_iter()
-                        .map(|r| (group, r))
-                        .collect::<Vec<_>>())
+                    let results = self
+                        .write_node(group, epoch, 1, deadline, || WriteRequest {
+                            group_id: group,
+                            epoch,
+                            consistency,
+                            ops: vec![op.clone()],
+                            request_id: id.clone(),
+                        })
+                        .await?;
+                    Ok((group, single(results)?))
                 }
             })
             .await?;
-        let (group, result) = single(answers)?;
         if result.condition_failed {
             return Err(RouterError::ConditionFailed {
                 expected: expected.unwrap_or_default(),
@@ -756,7 +890,7 @@ impl Router {
         let (group, result) = self
             .write_one(
                 &req.keyspace,
-                req.key,
+                &req.key,
                 op,
                 req.consistency,
                 req.expected_version,
@@ -791,7 +925,7 @@ impl Router {
         let (group, result) = self
             .write_one(
                 &req.keyspace,
-                req.key,
+                &req.key,
                 op,
                 req.consistency,
                 req.expected_version,
@@ -836,8 +970,8 @@ impl Router {
             min_applied_index: if eventual { mode.min_applied_index } else { 0 },
             max_staleness_ms: if eventual { mode.max_staleness_ms } else { 0 },
         };
-        let rpc = |conn: NodeConn, budget| {
-            let mut client = conn.client;
+        let rpc = |conn: Arc<NodeConn>, budget| {
+            let mut client = conn.client.clone();
             let request = timed(request.clone(), budget);
             async move { client.scan(request).await }
         };

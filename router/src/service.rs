@@ -5,18 +5,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use kv_proto::kv::call::Call as Which;
+use kv_proto::kv::call_result::Result as Outcome;
 use kv_proto::kv::kv_server::Kv;
 use kv_proto::kv::{
-    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, MultiRequest, MultiResponse, PutRequest, PutResponse,
-    ScanRequest, ScanResponse,
+    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, Call, CallResult,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, MultiRequest, MultiResponse,
+    PutRequest, PutResponse, ScanRequest, ScanResponse,
 };
+use kv_proto::multi::{call_error, STREAM_CALL_TIMEOUT};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::error::{to_status, RouterError};
 use crate::metrics::{Method, Metrics};
-use crate::retry::request_budget;
+use crate::retry::{request_budget, stream_call_budget};
 use crate::routing::Router;
 
 /// The public KV service.
@@ -56,6 +60,61 @@ impl KvService {
         )
         .await
     }
+
+    /// Answers one call of a `MultiStream` as `kv_proto::multi::serve_kv_stream` does (through
+    /// the unary handler, within the call's budget), minus what that costs per call: a unary
+    /// request with its metadata map and formatted `grpc-timeout` (parsed right back), and a
+    /// boxed future per handler layer.
+    ///
+    /// Not an `async fn`, and built from combinators: an `async` wrapper keeps both the future
+    /// it is handed and the one it awaits, which here would double a future of some kilobytes.
+    fn stream_call(self: Arc<Self>, call: Call) -> impl Future<Output = CallResult> + Send {
+        let Call {
+            call,
+            timeout_ms: t,
+            id,
+        } = call;
+        let handler = async move {
+            let deadline = Instant::now() + stream_call_budget(t, self.request_timeout);
+            let (router, metrics) = (&self.router, &*self.metrics);
+            match call {
+                Some(Which::Get(r)) => {
+                    finish(metrics, Method::Get, router.get(r, deadline).await).map(Outcome::Get)
+                }
+                Some(Which::Put(r)) => {
+                    finish(metrics, Method::Put, router.put(r, deadline).await).map(Outcome::Put)
+                }
+                Some(Which::Delete(r)) => {
+                    finish(metrics, Method::Delete, router.delete(r, deadline).await)
+                        .map(Outcome::Delete)
+                }
+                None => Err(Status::invalid_argument("a call names no request")),
+            }
+        };
+        bounded(t, handler).map(move |outcome| CallResult {
+            result: Some(outcome.unwrap_or_else(|s| Outcome::Error(call_error(&s)))),
+            id,
+        })
+    }
+}
+
+/// Runs a streamed call's handler within the call's own budget, else [`STREAM_CALL_TIMEOUT`],
+/// and fails it as the serving loop of `kv_proto::multi` does.
+fn bounded<T>(
+    timeout_ms: u32,
+    handler: impl Future<Output = Result<T, Status>>,
+) -> impl Future<Output = Result<T, Status>> {
+    let budget = match timeout_ms {
+        0 => STREAM_CALL_TIMEOUT,
+        ms => Duration::from_millis(ms.into()),
+    };
+    tokio::time::timeout(budget, handler).map(move |outcome| {
+        outcome.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "no answer within {budget:?}"
+            )))
+        })
+    })
 }
 
 /// Runs one request: deadline from the configured timeout and the client's `grpc-timeout`,
@@ -74,14 +133,20 @@ where
 {
     let deadline = Instant::now() + request_budget(request.metadata(), request_timeout);
     let result = op(router.clone(), request.into_inner(), deadline).await;
+    finish(metrics, method, result).map(Response::new)
+}
+
+/// Counts a request's outcome and turns its error into a status.
+fn finish<T>(
+    metrics: &Metrics,
+    method: Method,
+    result: Result<T, RouterError>,
+) -> Result<T, Status> {
     metrics.record(method, result.is_err());
-    match result {
-        Ok(response) => Ok(Response::new(response)),
-        Err(err) => {
-            tracing::debug!(method = method.name(), error = %err, "request failed");
-            Err(to_status(err))
-        }
-    }
+    result.map_err(|err| {
+        tracing::debug!(method = method.name(), error = %err, "request failed");
+        to_status(err)
+    })
 }
 
 #[tonic::async_trait]
@@ -150,13 +215,108 @@ impl Kv for KvService {
 
     type MultiStreamStream = kv_proto::multi::Inbound<MultiResponse>;
 
+    /// Each call is answered as by [`Kv::multi`], without the unary request (see
+    /// [`KvService::stream_call`]).
     async fn multi_stream(
         &self,
         request: Request<tonic::Streaming<MultiRequest>>,
     ) -> Result<Response<Self::MultiStreamStream>, Status> {
-        Ok(Response::new(kv_proto::multi::serve_kv_stream(
-            self.clone(),
-            request,
+        // One reference count per call rather than a clone of every field.
+        let service = Arc::new(self.clone());
+        // Boxed: the serving loop spawns a task per call around this future and keeps it
+        // twice (see `stream_call`); a box keeps the task, which is moved a few times, small.
+        Ok(Response::new(kv_proto::multi::serve_stream(
+            request.into_inner(),
+            move |call| Box::pin(service.clone().stream_call(call)),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::fake_node::FakeCluster;
+    use crate::routing::tests::router_for;
+
+    fn call(which: Option<Which>, timeout_ms: u32) -> Call {
+        Call {
+            call: which,
+            timeout_ms,
+            id: 7,
+        }
+    }
+
+    fn put(keyspace: &str, key: &str, value: &str, expected: Option<u64>) -> Which {
+        Which::Put(PutRequest {
+            keyspace: keyspace.into(),
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            expected_version: expected,
+            ..Default::default()
+        })
+    }
+
+    fn get(keyspace: &str, key: &str) -> Which {
+        Which::Get(GetRequest {
+            keyspace: keyspace.into(),
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            ..Default::default()
+        })
+    }
+
+    /// The unary path is what `kv_proto::multi` serves streamed calls with; the router's own
+    /// shortcut must answer every call the same.
+    #[tokio::test]
+    async fn streamed_calls_are_answered_as_by_the_unary_handlers() {
+        let cluster = FakeCluster::start(3, 2).await;
+        cluster.set_leader(2);
+        let router = Arc::new(router_for(&cluster).await);
+        let metrics = Arc::new(Metrics::default());
+        let service = Arc::new(KvService::new(router, metrics, Duration::from_secs(5)));
+        let unary = |c: Call| {
+            let service = service.clone();
+            async move {
+                let batch = Request::new(MultiRequest { calls: vec![c] });
+                let mut answer = kv_proto::multi::serve_kv(&*service, batch).await.unwrap();
+                answer.results.remove(0)
+            }
+        };
+        service
+            .clone()
+            .stream_call(call(Some(put("", "k", "v", None)), 0))
+            .await;
+        // Calls that change nothing, so that both paths find the same state.
+        let calls = [
+            call(Some(get("", "k")), 0),
+            call(Some(get("", "k")), 3_000),
+            call(Some(get("", "absent")), 0),
+            call(Some(get("", "")), 0),
+            call(Some(get("nope", "k")), 0),
+            call(Some(put("", "k", "w", Some(12_345))), 0),
+            call(Some(put("", "", "w", None)), 100),
+            call(
+                Some(Which::Delete(DeleteRequest {
+                    key: Bytes::from_static(b"k"),
+                    expected_version: Some(12_345),
+                    ..Default::default()
+                })),
+                0,
+            ),
+            call(None, 0),
+        ];
+        for c in calls {
+            let streamed = service.clone().stream_call(c.clone()).await;
+            assert_eq!(streamed, unary(c.clone()).await, "{c:?}");
+        }
+        let written = service
+            .clone()
+            .stream_call(call(Some(put("", "k2", "v", None)), 0))
+            .await;
+        match written.result {
+            Some(Outcome::Put(p)) => assert!(p.version > 0 && p.session.is_some()),
+            other => panic!("{other:?}"),
+        }
     }
 }
