@@ -9,6 +9,11 @@ use kvnode::{LogEngine, NodeConfig, RaftTuning};
 use shardmap::Limits;
 use tokio_util::sync::CancellationToken;
 
+// glibc's malloc was a tenth of a node's CPU under load (a profile, docs/benchmarks.md);
+// mimalloc's thread-local free lists make the many small per-request allocations cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kvnode",
@@ -200,11 +205,6 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // glibc's malloc was a tenth of a node's CPU under load (a profile, docs/benchmarks.md);
-    // mimalloc's thread-local free lists make the many small per-request allocations cheap.
-    #[global_allocator]
-    static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
     #[test]
     fn cluster_flag() {

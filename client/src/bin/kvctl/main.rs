@@ -27,6 +27,11 @@ use clap::{Parser, Subcommand};
 
 use crate::args::Global;
 
+// glibc's malloc was a tenth of a node's CPU under load (a profile, docs/benchmarks.md);
+// mimalloc's thread-local free lists make the many small per-request allocations cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command line for the sharded key-value store.
 #[derive(Debug, Parser)]
 #[command(name = "kvctl", version, propagate_version = true)]
@@ -132,11 +137,6 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    // glibc's malloc was a tenth of a node's CPU under load (a profile, docs/benchmarks.md);
-    // mimalloc's thread-local free lists make the many small per-request allocations cheap.
-    #[global_allocator]
-    static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
     use super::*;
     use crate::args::ConsistencyArg;
