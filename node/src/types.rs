@@ -147,9 +147,11 @@ impl fmt::Display for Request {
 pub struct OpResult {
     /// The key's new version (the entry's log index); 0 when the condition failed.
     pub version: u64,
+    /// Whether the key existed before. Not known (false) for unconditional puts.
     pub existed: bool,
     pub condition_failed: bool,
-    /// The key's version before the operation, 0 when absent.
+    /// The key's version before the operation, 0 when absent. Not known (0) for unconditional
+    /// puts; a failed condition always reports it.
     pub previous_version: u64,
 }
 

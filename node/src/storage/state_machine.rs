@@ -430,6 +430,24 @@ impl StateMachine {
         }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
+            if let Op::Put {
+                key,
+                expected_version: None,
+                ..
+            } = op
+            {
+                // Nothing reports what an unconditional put replaced (a put's answer carries
+                // only its new version), so it costs no read: existed and previous version
+                // stay false and 0, as for an eventual write.
+                pending.versions.insert(key.as_slice(), Some(index));
+                results.push(OpResult {
+                    version: index,
+                    existed: false,
+                    condition_failed: false,
+                    previous_version: 0,
+                });
+                continue;
+            }
             let current = self.version_of(pending, op.key())?;
             let previous_version = current.unwrap_or(0);
             let expected = match op {
