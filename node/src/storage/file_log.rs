@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend};
 
-use super::{read_err, sto_err, DurableAcks, Flusher};
-use crate::keys;
+use super::raft_meta::RaftMeta;
+use super::{read_err, DurableAcks, Flusher};
 use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
 /// A segment that reaches this size is closed and the next append starts a new one, so that
@@ -45,7 +45,7 @@ const SUFFIX: &str = ".wal";
 pub struct FileLog {
     group: GroupId,
     inner: Arc<Mutex<Segments>>,
-    raft: sled::Tree,
+    meta: RaftMeta,
     flusher: Flusher,
     acks: DurableAcks,
 }
@@ -100,21 +100,15 @@ impl FileLog {
         flusher: Flusher,
         acks: DurableAcks,
     ) -> Result<FileLog, StorageError> {
-        let raft = db
-            .open_tree(keys::raft_tree(group))
+        let meta = RaftMeta::open(db, group, flusher.clone())
             .map_err(|e| read_err(ErrorSubject::Store, e))?;
-        let purged: Option<LogId> = raft
-            .get(keys::PURGED)
-            .map_err(|e| read_err(ErrorSubject::Store, e))?
-            .map(|raw| bincode::deserialize(&raw))
-            .transpose()
-            .map_err(|e| read_err(ErrorSubject::Store, e))?;
+        let purged = meta.purged()?;
         let inner = Segments::open(dir, purged.map(|p| p.index))
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         Ok(FileLog {
             group,
             inner: Arc::new(Mutex::new(inner)),
-            raft,
+            meta,
             flusher,
             acks,
         })
@@ -124,41 +118,6 @@ impl FileLog {
         // A panic while holding the lock leaves the in-memory index no worse than the files it
         // describes; appends check continuity again.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-        subject: ErrorSubject<u64>,
-    ) -> Result<Option<T>, StorageError> {
-        let raw = self
-            .raft
-            .get(key)
-            .map_err(|e| sto_err(subject.clone(), ErrorVerb::Read, e))?;
-        raw.map(|v| bincode::deserialize(&v))
-            .transpose()
-            .map_err(|e| sto_err(subject, ErrorVerb::Read, e))
-    }
-
-    fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &[u8],
-        value: &T,
-        subject: ErrorSubject<u64>,
-    ) -> Result<(), StorageError> {
-        let raw =
-            bincode::serialize(value).map_err(|e| sto_err(subject.clone(), ErrorVerb::Write, e))?;
-        self.raft
-            .insert(key, raw)
-            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))?;
-        Ok(())
-    }
-
-    async fn db_durable(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
-        self.flusher
-            .wait_durable()
-            .await
-            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))
     }
 
     /// Removes the files of a group that this node no longer hosts.
@@ -525,7 +484,7 @@ impl RaftLogStorage<TypeConfig> for FileLog {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(keys::PURGED, ErrorSubject::Store)?;
+        let last_purged = self.meta.purged()?;
         let last = self.lock().locs.back().map(|l| l.log_id);
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -538,13 +497,11 @@ impl RaftLogStorage<TypeConfig> for FileLog {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(keys::VOTE, vote, ErrorSubject::Vote)?;
-        // Raft's safety rests on a vote never being forgotten once granted.
-        self.db_durable(ErrorSubject::Vote).await
+        self.meta.save_vote(vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(keys::VOTE, ErrorSubject::Vote)
+        self.meta.vote()
     }
 
     async fn append<I>(
@@ -586,10 +543,8 @@ impl RaftLogStorage<TypeConfig> for FileLog {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The marker first, then the state machine made durable (it is not flushed on its own)
-        // before the entries it would need to replay are gone.
-        self.put_meta(keys::PURGED, &log_id, ErrorSubject::Store)?;
-        self.db_durable(ErrorSubject::Store).await?;
+        // The marker first, durable with the state machine, before the entries go.
+        self.meta.save_purged(&log_id).await?;
         self.lock()
             .purge(log_id.index)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))

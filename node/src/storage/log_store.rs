@@ -7,6 +7,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
 
+use super::raft_meta::RaftMeta;
 use super::{read_err, sto_err, DurableAcks, Flusher};
 use crate::keys;
 use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
@@ -16,7 +17,7 @@ use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 pub struct LogStore {
     group: GroupId,
     log: sled::Tree,
-    raft: sled::Tree,
+    meta: RaftMeta,
     flusher: Flusher,
     acks: DurableAcks,
 }
@@ -31,38 +32,10 @@ impl LogStore {
         Ok(LogStore {
             group,
             log: db.open_tree(keys::log_tree(group))?,
-            raft: db.open_tree(keys::raft_tree(group))?,
+            meta: RaftMeta::open(db, group, flusher.clone())?,
             flusher,
             acks,
         })
-    }
-
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-        subject: ErrorSubject<u64>,
-    ) -> Result<Option<T>, StorageError> {
-        let raw = self
-            .raft
-            .get(key)
-            .map_err(|e| sto_err(subject.clone(), ErrorVerb::Read, e))?;
-        raw.map(|v| bincode::deserialize(&v))
-            .transpose()
-            .map_err(|e| sto_err(subject, ErrorVerb::Read, e))
-    }
-
-    fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &[u8],
-        value: &T,
-        subject: ErrorSubject<u64>,
-    ) -> Result<(), StorageError> {
-        let raw =
-            bincode::serialize(value).map_err(|e| sto_err(subject.clone(), ErrorVerb::Write, e))?;
-        self.raft
-            .insert(key, raw)
-            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))?;
-        Ok(())
     }
 
     async fn durable(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
@@ -110,7 +83,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(keys::PURGED, ErrorSubject::Store)?;
+        let last_purged = self.meta.purged()?;
         let last = self
             .log
             .last()
@@ -128,13 +101,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(keys::VOTE, vote, ErrorSubject::Vote)?;
-        // Raft's safety rests on a vote never being forgotten once granted.
-        self.durable(ErrorSubject::Vote).await
+        self.meta.save_vote(vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(keys::VOTE, ErrorSubject::Vote)
+        self.meta.vote()
     }
 
     // save_committed / read_committed keep openraft's defaults (not persisted): writing the
@@ -190,10 +161,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The purged marker first: a crash between the two steps leaves extra entries, which
         // is harmless, never a hole.
-        self.put_meta(keys::PURGED, &log_id, ErrorSubject::Store)?;
-        // The state machine may lag the log on disk (it is not flushed on its own); make it
-        // durable before the entries it would need to replay are gone.
-        self.durable(ErrorSubject::Store).await?;
+        self.meta.save_purged(&log_id).await?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=keys::log_key(log_id.index)) {
             let (k, _) = item.map_err(|e| read_err(ErrorSubject::Logs, e))?;

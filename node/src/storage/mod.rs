@@ -11,6 +11,7 @@ mod acks;
 mod file_log;
 mod flusher;
 mod log_store;
+mod raft_meta;
 mod state_machine;
 
 pub use acks::{DurableAcks, PendingAck};
