@@ -294,7 +294,10 @@ mod replay {
         ]
     }
 
-    async fn crash_after_effects(undo: impl FnOnce(&sled::Db)) {
+    /// A state machine that applied entry 1, then [`later_entries`] in one call, and crashed
+    /// with the applied marker still at entry 1: the database, and the first answers.
+    async fn crashed_after_later_entries() -> (tempfile::TempDir, sled::Db, Flusher, Vec<Response>)
+    {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let flusher = Flusher::start(db.clone()).unwrap();
@@ -308,11 +311,16 @@ mod replay {
             "{first:?}"
         );
         drop(sm);
-        // The crash: the marker never moved past entry 1 (and maybe some effects are missing).
         let sm_tree = db.open_tree(keys::sm_tree(1)).unwrap();
         sm_tree
             .insert(keys::APPLIED, bincode::serialize(&Some(log_id(1))).unwrap())
             .unwrap();
+        (dir, db, flusher, first)
+    }
+
+    async fn crash_after_effects(undo: impl FnOnce(&sled::Db)) {
+        let (_dir, db, flusher, first) = crashed_after_later_entries().await;
+        // Maybe some effects never reached the disk either.
         undo(&db);
 
         let mut sm = StateMachine::open(&db, 1, flusher).unwrap();
@@ -338,19 +346,7 @@ mod replay {
 
     #[tokio::test]
     async fn a_second_crash_during_the_replay_loses_no_decision() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let flusher = Flusher::start(db.clone()).unwrap();
-        let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
-        sm.apply([write(1, vec![put("k", "a", None)], None)])
-            .await
-            .unwrap();
-        let first: Vec<Response> = sm.apply(later_entries()).await.unwrap();
-        drop(sm);
-        let sm_tree = db.open_tree(keys::sm_tree(1)).unwrap();
-        sm_tree
-            .insert(keys::APPLIED, bincode::serialize(&Some(log_id(1))).unwrap())
-            .unwrap();
+        let (_dir, db, flusher, first) = crashed_after_later_entries().await;
         // The replay applies entry 2 alone, then the node crashes again.
         let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
         let mut entries = later_entries();
