@@ -90,6 +90,25 @@ impl DurableAcks {
         }
     }
 
+    /// The completion a log store hands to the group-commit thread for an append: it tells
+    /// openraft how the write went and, once it is durable, the writers of `tracked` (the
+    /// append's entries that this node proposed as eventual writes).
+    pub fn append_completion(
+        &self,
+        group: GroupId,
+        tracked: Vec<(u64, u64)>,
+        callback: openraft::storage::LogFlushed<crate::types::TypeConfig>,
+    ) -> impl FnOnce(std::io::Result<()>) + Send + 'static {
+        let acks = self.clone();
+        move |res| {
+            let durable = res.is_ok();
+            callback.log_io_completed(res);
+            if durable {
+                acks.complete(group, &tracked);
+            }
+        }
+    }
+
     /// Tells the writers of `tracked` (from [`DurableAcks::tracked`]) that their entries are
     /// durable at these log indexes.
     pub fn complete(&self, group: GroupId, tracked: &[(u64, u64)]) {

@@ -525,14 +525,10 @@ impl RaftLogStorage<TypeConfig> for FileLog {
         };
         // Raft hears of the append, and eventual writes this node proposed are acknowledged,
         // once the group-commit sync covering this write is done.
-        let (acks, group) = (self.acks.clone(), self.group);
-        self.flusher.on_synced(file, move |res: io::Result<()>| {
-            let durable = res.is_ok();
-            callback.log_io_completed(res);
-            if durable {
-                acks.complete(group, &tracked);
-            }
-        });
+        self.flusher.on_synced(
+            file,
+            self.acks.append_completion(self.group, tracked, callback),
+        );
         Ok(())
     }
 

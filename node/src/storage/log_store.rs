@@ -1,7 +1,6 @@
 //! A group's Raft log and vote on sled, implementing openraft's `RaftLogStorage`.
 
 use std::fmt::Debug;
-use std::io;
 use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -134,14 +133,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // The callback fires only once the group-commit flush covering this batch is done;
         // eventual writes this node proposed are acknowledged at the same moment.
-        let (acks, group) = (self.acks.clone(), self.group);
-        self.flusher.on_durable(move |res: io::Result<()>| {
-            let durable = res.is_ok();
-            callback.log_io_completed(res);
-            if durable {
-                acks.complete(group, &tracked);
-            }
-        });
+        self.flusher
+            .on_durable(self.acks.append_completion(self.group, tracked, callback));
         Ok(())
     }
 
