@@ -385,6 +385,20 @@ fn write_results(response: &Response) -> Vec<&Vec<OpResult>> {
     }
 }
 
+/// The writes of an entry whose ops took effect under decision `d` (not answered from the
+/// request-id table), each with its request id and its ops' results.
+fn applied_writes<'e, 'd>(
+    e: &'e Entry,
+    d: &'d Decided,
+) -> impl Iterator<Item = (&'e [Op], Option<&'e Dedup>, &'d Vec<OpResult>)> + use<'e, 'd> {
+    writes_of(&e.payload)
+        .into_iter()
+        .zip(write_results(&d.response))
+        .zip(&d.applied)
+        .filter(|(_, applied)| **applied)
+        .map(|(((ops, request), results), _)| (ops, request, results))
+}
+
 /// The request ids an entry carries, with the latest of their clocks: recorded once per entry
 /// under one age key, so that they are forgotten together.
 fn request_ids(payload: &EntryPayload<TypeConfig>) -> Option<(u64, Vec<&[u8]>)> {
@@ -551,14 +565,7 @@ impl StateMachine {
     /// Takes a replayed decision into the call's view, as deciding it would have.
     fn note_replayed<'a>(pending: &mut Pending<'a>, e: &'a Entry, d: &Decided) {
         let index = e.log_id.index;
-        for (((ops, request), results), applied) in writes_of(&e.payload)
-            .into_iter()
-            .zip(write_results(&d.response))
-            .zip(&d.applied)
-        {
-            if !applied {
-                continue;
-            }
+        for (ops, request, results) in applied_writes(e, d) {
             if let Some(r) = request {
                 pending.fresh.insert(r.id.clone(), results.clone());
             }
@@ -579,14 +586,7 @@ impl StateMachine {
         let werr = |e: sled::Error| sto_err(ErrorSubject::Apply(d.log_id), ErrorVerb::Write, e);
         let index = e.log_id.index;
         let mut any_applied = false;
-        for (((ops, _), results), applied) in writes_of(&e.payload)
-            .into_iter()
-            .zip(write_results(&d.response))
-            .zip(&d.applied)
-        {
-            if !applied {
-                continue;
-            }
+        for (ops, _, results) in applied_writes(e, d) {
             any_applied = true;
             for (op, result) in ops.iter().zip(results) {
                 if result.condition_failed {
