@@ -5,7 +5,7 @@
 # usage: docs/bench-cluster.sh BINDIR LABEL [workloads...]   (extra bench flags: $BENCH_FLAGS)
 BIN=$1; LABEL=$2; shift 2
 WORKLOADS=${@:-put get-strong get-eventual}
-D=$(mktemp -d /tmp/kvb.XXXX)
+D=$(mktemp -d ${BENCH_TMP:-/tmp}/kvb.XXXX)
 IC=1=127.0.0.1:18001,2=127.0.0.1:18002,3=127.0.0.1:18003
 for i in 1 2 3; do
   $BIN/kvnode --id $i --listen 127.0.0.1:1800$i --data-dir $D/n$i --initial-cluster $IC --http 127.0.0.1:1810$i > $D/n$i.log 2>&1 &

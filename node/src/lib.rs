@@ -29,7 +29,6 @@ pub mod types;
 use kv_proto::node::node_server::NodeServer;
 use kv_proto::node::raft_server::RaftServer;
 use kv_proto::MAX_MESSAGE_BYTES;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use node::{LogEngine, NodeConfig, RaftTuning};
@@ -58,10 +57,12 @@ pub async fn run(
         .max_decoding_message_size(network::RAFT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(network::RAFT_MAX_MESSAGE_BYTES);
     let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(node_svc)
         .add_service(raft_svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(
+            kv_proto::nodelay_incoming(listener),
+            shutdown.cancelled(),
+        )
         .await;
     node.shutdown().await;
     served.map_err(|e| error::NodeError::Fatal(format!("grpc server: {e}")))

@@ -30,6 +30,23 @@ pub use pb::kv::node::v1 as node;
 /// Public KV API.
 pub use pb::kv::v1 as kv;
 
+/// Accepted connections of `listener`, with Nagle's algorithm off. tonic applies its own
+/// `tcp_nodelay` only to listeners it binds itself, and a server handed a listener would
+/// otherwise hold back small responses until the peer's delayed ACK (40 ms on Linux): that was
+/// the whole p99 of strong writes, whose Raft rounds wait on such responses.
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let conn = listener.accept().await.map(|(stream, _)| {
+            // Only a latency setting: a socket that refuses it still works.
+            let _ = stream.set_nodelay(true);
+            stream
+        });
+        Some((conn, listener))
+    })
+}
+
 /// Largest gRPC message any of our servers or clients encode or decode.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 

@@ -49,8 +49,6 @@ use kv_proto::kv::admin_server::AdminServer;
 use kv_proto::kv::kv_server::KvServer;
 use kv_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{parse_duration, Config, DurationParseError};
@@ -117,12 +115,7 @@ pub async fn run(
     let router = Arc::new(Router::new(maps, pool, metrics.clone(), config.limits));
     let admin = AdminService::new(router.clone(), metrics.clone(), config.request_timeout);
     let service = KvService::new(router, metrics, config.request_timeout);
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
+    let incoming = kv_proto::nodelay_incoming(listener);
     tracing::info!(nodes = ?config.nodes, "kvrouter listening on {local}");
     let served = tonic::transport::Server::builder()
         .add_service(
