@@ -14,6 +14,13 @@
 //! record, and opening cuts such a tail off; a bad record anywhere else is corruption and the
 //! group refuses to start. Entries at or below the purge marker may linger in the oldest
 //! segment until it is deleted as a whole; opening skips them.
+//!
+//! The newest segment is kept zero-filled [`PREALLOCATE`] bytes ahead of its last record, so
+//! that an append overwrites blocks the file already has, within its size: its `fdatasync` then
+//! writes the data alone, where growing the file made every sync write the inode as well
+//! (~30 % more CPU per sync here). A zero length where a record header is due marks the end of
+//! the records; closing a segment and opening the newest one cut the zeros off again, so that
+//! nothing but records ever follows a record in a segment that is not the newest.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -39,6 +46,9 @@ const HEADER: usize = 8;
 /// a header is a torn or corrupt record, not an allocation to attempt.
 const MAX_RECORD: usize = 256 << 20;
 const SUFFIX: &str = ".wal";
+/// Zeros kept written ahead of the newest segment's records (see the module doc): an idle
+/// group's log costs at most this much disk beyond its records.
+const PREALLOCATE: u64 = 1 << 20;
 
 /// One group's log store. Clones share the same files.
 #[derive(Clone)]
@@ -54,7 +64,36 @@ struct Segment {
     first: u64,
     path: PathBuf,
     file: Arc<File>,
+    /// Where the records end.
     len: u64,
+    /// The file's size: records, then zeros.
+    allocated: u64,
+}
+
+impl Segment {
+    /// Makes sure zeros are written up to at least `upto`, extending by whole
+    /// [`PREALLOCATE`] steps. Not synced here: the group-commit sync after the next append
+    /// covers them, once per step.
+    fn preallocate(&mut self, upto: u64) -> io::Result<()> {
+        if upto <= self.allocated {
+            return Ok(());
+        }
+        let target = upto.next_multiple_of(PREALLOCATE);
+        // A large zeroed allocation comes from fresh pages: no memset.
+        let zeros = vec![0u8; (target - self.allocated) as usize];
+        self.file.write_all_at(&zeros, self.allocated)?;
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Cuts the file back to its records and syncs it, size included.
+    fn trim(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_all()?;
+        self.len = len;
+        self.allocated = len;
+        Ok(())
+    }
 }
 
 /// Where one entry lives.
@@ -175,12 +214,19 @@ impl Segments {
         while offset < bytes.len() {
             let Some(entry) = decode_record(&bytes[offset..]) else {
                 if newest {
-                    tracing::warn!(
-                        segment = %path.display(),
-                        offset,
-                        dropped = bytes.len() - offset,
-                        "cutting off a torn record at the end of the log"
-                    );
+                    // Zeros are the preallocated space after the last record; anything else
+                    // is a record torn by a crash.
+                    if bytes[offset..].iter().any(|b| *b != 0) {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset,
+                            dropped = bytes.len() - offset,
+                            "cutting off a torn record at the end of the log"
+                        );
+                    }
+                    // Cut even plain zeros: a crash may have kept a later page of unsynced
+                    // records and lost an earlier one, and the next appends must not end up
+                    // followed by that leftover.
                     file.set_len(offset as u64)?;
                     file.sync_all()?;
                     break;
@@ -227,6 +273,7 @@ impl Segments {
             path,
             file: Arc::new(file),
             len,
+            allocated: len,
         });
         Ok(())
     }
@@ -243,12 +290,13 @@ impl Segments {
             (Some(seg), Some(last)) => last.segment == seg.first && last.log_id.index + 1 == index,
             _ => false,
         };
-        if let Some(seg) = self.segments.last() {
+        if let Some(seg) = self.segments.last_mut() {
             if follows && seg.len < self.segment_bytes {
                 return Ok(self.segments.len() - 1);
             }
-            // Synced now so that only the newest segment can ever end in a torn record.
-            seg.file.sync_data()?;
+            // Trimmed and synced now so that only the newest segment can ever end in anything
+            // but a whole record.
+            seg.trim(seg.len)?;
         }
         let path = segment_path(&self.dir, index);
         let file = OpenOptions::new()
@@ -263,6 +311,7 @@ impl Segments {
             path,
             file: Arc::new(file),
             len: 0,
+            allocated: 0,
         });
         Ok(self.segments.len() - 1)
     }
@@ -309,7 +358,9 @@ impl Segments {
         let seg = &mut self.segments[at];
         // Positional: a failed write leaves `len` where it was, and the next append overwrites
         // whatever it left behind.
-        let res = seg.file.write_all_at(&buf, start);
+        let res = seg
+            .preallocate(start + buf.len() as u64)
+            .and_then(|()| seg.file.write_all_at(&buf, start));
         let written = buf.len() as u64;
         self.buf = buf;
         res.map_err(w)?;
@@ -384,11 +435,8 @@ impl Segments {
                 break;
             }
             if seg.first == cut.segment && cut.offset > 0 {
-                seg.file.set_len(cut.offset)?;
-                seg.file.sync_all()?;
-                let len = cut.offset;
                 if let Some(seg) = self.segments.last_mut() {
-                    seg.len = len;
+                    seg.trim(cut.offset)?;
                 }
                 break;
             }
@@ -591,12 +639,67 @@ mod tests {
         s.append(&(1..=3).map(entry).collect::<Vec<_>>()).unwrap();
         let path = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x40;
+        let third = s.locs[2];
+        bytes[(third.offset + third.len as u64 - 1) as usize] ^= 0x40;
         fs::write(&path, &bytes).unwrap();
         drop(s);
         let s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&s), vec![1, 2]);
+    }
+
+    #[test]
+    fn the_newest_segment_is_zero_filled_ahead_and_closed_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.append(&[entry(1), entry(2)]).unwrap();
+        let records = s.segments[0].len;
+        let size = |first| fs::metadata(segment_path(dir.path(), first)).unwrap().len();
+        assert_eq!(size(1), PREALLOCATE, "the file is allocated ahead");
+        let bytes = fs::read(segment_path(dir.path(), 1)).unwrap();
+        assert!(bytes[records as usize..].iter().all(|b| *b == 0));
+        // Closing the segment cuts its zeros off.
+        s.segment_bytes = 1;
+        s.append(&[entry(3)]).unwrap();
+        assert_eq!(size(1), records);
+        assert_eq!(size(3), PREALLOCATE);
+        drop(s);
+        // Zeros after the last record are the end, not a torn record: nothing is dropped, and
+        // the newest segment is cut back to its records until the next append.
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![1, 2, 3]);
+        assert_eq!(size(3), s.segments[1].len);
+        s.append(&[entry(4)]).unwrap();
+        assert_eq!(size(3), PREALLOCATE);
+        drop(s);
+        let s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_record_left_behind_a_lost_one_never_resurfaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.append(&(1..=3).map(entry).collect::<Vec<_>>()).unwrap();
+        // A crash before the sync kept record 3's page but lost record 2's.
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        let second = s.locs[1];
+        let lost = second.offset as usize..(second.offset + second.len as u64) as usize;
+        bytes[lost].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        drop(s);
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![1]);
+        // A new leader's shorter entry 2 takes the place: the old record 3 must not follow it.
+        let short = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), 2),
+            payload: EntryPayload::Blank,
+        };
+        s.append(&[short]).unwrap();
+        drop(s);
+        let s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s), vec![1, 2]);
+        assert_eq!(s.locs[1].log_id.leader_id.term, 2);
     }
 
     #[test]
