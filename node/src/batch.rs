@@ -18,8 +18,8 @@
 //! - **Strong reads.** `ensure_linearizable` sends a heartbeat to every follower per call; reads
 //!   that share a round share that fan-out.
 
-use std::collections::HashSet;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Semaphore};
@@ -34,10 +34,10 @@ pub const READS_IN_FLIGHT: usize = 1;
 
 type Waiter<R, E> = oneshot::Sender<Result<R, E>>;
 /// The writes of a batch not proposed yet, each with the one waiting for its result, and the
-/// keys they touch.
+/// fingerprints ([`Batches::fingerprint`]) of the keys they touch.
 struct Gathered<W, R, E> {
     writes: Vec<(W, Waiter<R, E>)>,
-    keys: HashSet<Vec<u8>>,
+    keys: foldhash::HashSet<u64>,
 }
 
 /// What [`Batches::submit`] did with a request.
@@ -54,6 +54,7 @@ pub struct Batches<W, R, E> {
     // std Mutex: held only to push to or take the batch, never across an await.
     gathering: Mutex<Option<Gathered<W, R, E>>>,
     slots: Arc<Semaphore>,
+    keyed: foldhash::fast::RandomState,
 }
 
 impl<W, R, E> Batches<W, R, E> {
@@ -62,7 +63,15 @@ impl<W, R, E> Batches<W, R, E> {
         Batches {
             gathering: Mutex::new(None),
             slots: Arc::new(Semaphore::new(in_flight)),
+            keyed: foldhash::fast::RandomState::default(),
         }
+    }
+
+    /// What [`Batches::submit`] compares keys by. Two keys with one fingerprint only send a
+    /// write to an entry of its own, which is always safe; copying every key into a set was
+    /// an allocation per write on the hottest path.
+    pub fn fingerprint(&self, key: &[u8]) -> u64 {
+        self.keyed.hash_one(key)
     }
 }
 
@@ -81,7 +90,7 @@ where
     pub async fn submit<F, Fut>(
         self: &Arc<Self>,
         write: W,
-        keys: Vec<Vec<u8>>,
+        keys: Vec<u64>,
         propose: F,
         lost: impl FnOnce() -> E,
     ) -> Submitted<W, R, E>
@@ -161,7 +170,7 @@ mod tests {
                 let got = batches
                     .submit(
                         i,
-                        vec![i.to_be_bytes().to_vec()],
+                        vec![batches.fingerprint(&i.to_be_bytes())],
                         move |writes: Vec<u32>| async move {
                             proposals.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -189,7 +198,7 @@ mod tests {
         let got = batches
             .submit(
                 1,
-                vec![b"k".to_vec()],
+                vec![batches.fingerprint(b"k")],
                 |_| async { Err("no quorum".to_string()) },
                 || "lost".to_string(),
             )
@@ -210,7 +219,7 @@ mod tests {
                 let _ = batches
                     .submit(
                         1,
-                        vec![b"k".to_vec()],
+                        vec![batches.fingerprint(b"k")],
                         |w| async move { Ok(w) },
                         || "lost".into(),
                     )
@@ -221,7 +230,7 @@ mod tests {
         let second = batches
             .submit(
                 2,
-                vec![b"k".to_vec()],
+                vec![batches.fingerprint(b"k")],
                 |w| async move { Ok(w) },
                 || "lost".into(),
             )
@@ -229,7 +238,7 @@ mod tests {
         assert!(matches!(second, Submitted::Conflict(2)));
         let other_key = batches.submit(
             3,
-            vec![b"j".to_vec()],
+            vec![batches.fingerprint(b"j")],
             |w| async move { Ok(w) },
             || "lost".into(),
         );

@@ -598,7 +598,11 @@ impl Node {
     ) -> Result<Vec<OpResult>, NodeError> {
         let (node, g) = (self.clone(), group.clone());
         let id = group.id;
-        let keys = write.ops.iter().map(|op| op.key().to_vec()).collect();
+        let keys = write
+            .ops
+            .iter()
+            .map(|op| group.writes.fingerprint(op.key()))
+            .collect();
         let submitted = group
             .writes
             .submit(

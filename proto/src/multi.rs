@@ -199,8 +199,9 @@ impl<C, T> Clone for Live<C, T> {
 /// Shared with the task reading the stream, which does not hold the call queue: dropping the
 /// `Mux` closes the queue, which ends the outbound stream and so the call.
 struct Waiting<T> {
-    // std Mutex: held only to insert or remove one entry, never across an await.
-    callers: Mutex<HashMap<u64, Waiter<T>>>,
+    // std Mutex: held only to insert or remove one entry, never across an await. Keyed by
+    // ids this side hands out, so the fast hash needs no protection from chosen keys.
+    callers: Mutex<foldhash::HashMap<u64, Waiter<T>>>,
     ended: AtomicBool,
 }
 
@@ -298,7 +299,7 @@ impl<Q: Batch, R: Batch> Mux<Q, R> {
         }
         let (calls, queued) = mpsc::unbounded_channel();
         let waiting = Arc::new(Waiting {
-            callers: Mutex::new(HashMap::new()),
+            callers: Mutex::new(foldhash::HashMap::default()),
             ended: AtomicBool::new(false),
         });
         let outbound = Outbound {

@@ -1,7 +1,7 @@
 //! A group's state machine on sled: the user data tree and its applied state, implementing
 //! openraft's `RaftStateMachine`, with snapshots built from and installed into the data tree.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
