@@ -46,6 +46,8 @@ const HEADER: usize = 8;
 /// a header is a torn or corrupt record, not an allocation to attempt.
 const MAX_RECORD: usize = 256 << 20;
 const SUFFIX: &str = ".wal";
+/// Encoded bytes of the newest entries kept in memory as well (see [`Segments::cache`]).
+const CACHE_BYTES: usize = 1 << 20;
 /// Zeros kept written ahead of the newest segment's records (see the module doc): an idle
 /// group's log costs at most this much disk beyond its records.
 const PREALLOCATE: u64 = 1 << 20;
@@ -112,6 +114,13 @@ struct Segments {
     segments: Vec<Segment>,
     /// One per entry in the log, consecutive indexes.
     locs: VecDeque<Loc>,
+    /// The newest entries, with their record lengths, a suffix of `locs`: the leader replicates
+    /// and every replica applies an entry right after appending it, and reading it back from
+    /// here saves a `pread`, a checksum and a decode. At most [`CACHE_BYTES`] of records.
+    cache: VecDeque<(Entry, u32)>,
+    cache_bytes: usize,
+    /// [`CACHE_BYTES`], smaller in tests.
+    cache_limit: usize,
     /// Reused for encoding appends.
     buf: Vec<u8>,
     /// [`SEGMENT_BYTES`], smaller in tests.
@@ -187,6 +196,9 @@ impl Segments {
             dir: dir.to_path_buf(),
             segments: Vec::new(),
             locs: VecDeque::new(),
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            cache_limit: CACHE_BYTES,
             buf: Vec::new(),
             segment_bytes: SEGMENT_BYTES,
         };
@@ -317,7 +329,7 @@ impl Segments {
     }
 
     /// Writes `entries` to the newest segment (not yet durable) and returns its file.
-    fn append(&mut self, entries: &[Entry]) -> Result<Option<Arc<File>>, StorageError> {
+    fn append(&mut self, entries: Vec<Entry>) -> Result<Option<Arc<File>>, StorageError> {
         let Some(head) = entries.first() else {
             return Ok(None);
         };
@@ -366,8 +378,22 @@ impl Segments {
         res.map_err(w)?;
         seg.len += written;
         let file = seg.file.clone();
+        for (entry, loc) in entries.into_iter().zip(&locs) {
+            self.cache.push_back((entry, loc.len));
+            self.cache_bytes += loc.len as usize;
+        }
+        while self.cache_bytes > self.cache_limit {
+            if let Some((_, len)) = self.cache.pop_front() {
+                self.cache_bytes -= len as usize;
+            }
+        }
         self.locs.extend(locs);
         Ok(Some(file))
+    }
+
+    /// The index of the oldest cached entry.
+    fn cache_first(&self) -> Option<u64> {
+        self.cache.front().map(|(e, _)| e.log_id.index)
     }
 
     fn first_index(&self) -> Option<u64> {
@@ -380,14 +406,18 @@ impl Segments {
         };
         let start = start.max(first);
         let end = end.min(first + self.locs.len() as u64);
+        if start >= end {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
         let r = |e: io::Error| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let cached_from = self.cache_first().unwrap_or(end).clamp(start, end);
         let mut i = start;
-        // One read per run of entries in the same segment.
-        while i < end {
+        // One read per run of entries in the same segment, up to the cached ones.
+        while i < cached_from {
             let head = self.locs[(i - first) as usize];
             let mut j = i + 1;
-            while j < end && self.locs[(j - first) as usize].segment == head.segment {
+            while j < cached_from && self.locs[(j - first) as usize].segment == head.segment {
                 j += 1;
             }
             let tail = self.locs[(j - 1 - first) as usize];
@@ -416,6 +446,11 @@ impl Segments {
                 at += loc.len as usize;
             }
             i = j;
+        }
+        if let Some(cache_first) = self.cache_first().filter(|_| cached_from < end) {
+            let skip = (cached_from - cache_first) as usize;
+            let take = (end - cached_from) as usize;
+            out.extend(self.cache.iter().skip(skip).take(take).map(|(e, _)| e.clone()));
         }
         Ok(out)
     }
@@ -448,6 +483,11 @@ impl Segments {
             sync_dir(&self.dir)?;
         }
         self.locs.truncate(keep);
+        while self.cache.back().is_some_and(|(e, _)| e.log_id.index >= index) {
+            if let Some((_, len)) = self.cache.pop_back() {
+                self.cache_bytes -= len as usize;
+            }
+        }
         Ok(())
     }
 
@@ -456,6 +496,11 @@ impl Segments {
     fn purge(&mut self, index: u64) -> io::Result<()> {
         while self.locs.front().is_some_and(|l| l.log_id.index <= index) {
             self.locs.pop_front();
+        }
+        while self.cache.front().is_some_and(|(e, _)| e.log_id.index <= index) {
+            if let Some((_, len)) = self.cache.pop_front() {
+                self.cache_bytes -= len as usize;
+            }
         }
         let keep_from = self.locs.front().map(|l| l.segment);
         while let Some(seg) = self.segments.first() {
@@ -566,7 +611,7 @@ impl RaftLogStorage<TypeConfig> for FileLog {
             .iter()
             .filter_map(|e| self.acks.tracked(e))
             .collect();
-        let file = self.lock().append(&entries)?;
+        let file = self.lock().append(entries)?;
         let Some(file) = file else {
             callback.log_io_completed(Ok(()));
             return Ok(());
@@ -608,6 +653,14 @@ mod tests {
         }
     }
 
+    impl Segments {
+        fn encoded_len(&self, e: &Entry) -> usize {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, e).unwrap();
+            buf.len()
+        }
+    }
+
     fn indexes(s: &Segments) -> Vec<u64> {
         s.locs.iter().map(|l| l.log_id.index).collect()
     }
@@ -616,7 +669,7 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
-        s.append(&(1..=3).map(entry).collect::<Vec<_>>()).unwrap();
+        s.append((1..=3).map(entry).collect::<Vec<_>>()).unwrap();
         let path = segment_path(dir.path(), 1);
         let whole = fs::read(&path).unwrap();
         // A crash in the middle of writing the third record.
@@ -625,7 +678,7 @@ mod tests {
         drop(s);
         let mut s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&s), vec![1, 2]);
-        s.append(&[entry(3)]).unwrap();
+        s.append(vec![entry(3)]).unwrap();
         drop(s);
         let s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&s), vec![1, 2, 3]);
@@ -636,7 +689,7 @@ mod tests {
     fn a_flipped_bit_in_the_tail_record_drops_only_that_record() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
-        s.append(&(1..=3).map(entry).collect::<Vec<_>>()).unwrap();
+        s.append((1..=3).map(entry).collect::<Vec<_>>()).unwrap();
         let path = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
         let third = s.locs[2];
@@ -651,7 +704,7 @@ mod tests {
     fn the_newest_segment_is_zero_filled_ahead_and_closed_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
-        s.append(&[entry(1), entry(2)]).unwrap();
+        s.append(vec![entry(1), entry(2)]).unwrap();
         let records = s.segments[0].len;
         let size = |first| fs::metadata(segment_path(dir.path(), first)).unwrap().len();
         assert_eq!(size(1), PREALLOCATE, "the file is allocated ahead");
@@ -659,7 +712,7 @@ mod tests {
         assert!(bytes[records as usize..].iter().all(|b| *b == 0));
         // Closing the segment cuts its zeros off.
         s.segment_bytes = 1;
-        s.append(&[entry(3)]).unwrap();
+        s.append(vec![entry(3)]).unwrap();
         assert_eq!(size(1), records);
         assert_eq!(size(3), PREALLOCATE);
         drop(s);
@@ -668,7 +721,7 @@ mod tests {
         let mut s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&s), vec![1, 2, 3]);
         assert_eq!(size(3), s.segments[1].len);
-        s.append(&[entry(4)]).unwrap();
+        s.append(vec![entry(4)]).unwrap();
         assert_eq!(size(3), PREALLOCATE);
         drop(s);
         let s = Segments::open(dir.path(), None).unwrap();
@@ -679,7 +732,7 @@ mod tests {
     fn a_record_left_behind_a_lost_one_never_resurfaces() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
-        s.append(&(1..=3).map(entry).collect::<Vec<_>>()).unwrap();
+        s.append((1..=3).map(entry).collect::<Vec<_>>()).unwrap();
         // A crash before the sync kept record 3's page but lost record 2's.
         let path = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
@@ -695,7 +748,7 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(2, 1), 2),
             payload: EntryPayload::Blank,
         };
-        s.append(&[short]).unwrap();
+        s.append(vec![short]).unwrap();
         drop(s);
         let s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&s), vec![1, 2]);
@@ -707,8 +760,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
         s.segment_bytes = 1;
-        s.append(&[entry(1), entry(2)]).unwrap();
-        s.append(&[entry(3)]).unwrap();
+        s.append(vec![entry(1), entry(2)]).unwrap();
+        s.append(vec![entry(3)]).unwrap();
         assert_eq!(s.segments.len(), 2, "a full segment is closed");
         drop(s);
         let path = segment_path(dir.path(), 1);
@@ -727,7 +780,7 @@ mod tests {
         let mut s = Segments::open(dir.path(), None).unwrap();
         s.segment_bytes = 40;
         for i in 1..=10 {
-            s.append(&[entry(i)]).unwrap();
+            s.append(vec![entry(i)]).unwrap();
         }
         assert!(s.segments.len() > 2);
         let read: Vec<u64> = s
@@ -746,12 +799,48 @@ mod tests {
     }
 
     #[test]
+    fn reads_from_the_cache_and_from_disk_agree_through_truncate_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), None).unwrap();
+        s.segment_bytes = 200;
+        // Room for a few records only, so that reads span disk and cache.
+        s.cache_limit = 3 * s.encoded_len(&entry(1));
+        s.append((1..=20).map(entry).collect()).unwrap();
+        assert_eq!(s.cache_first(), Some(18));
+        let ids = |s: &Segments, a, b| -> Vec<LogId> {
+            s.read(a, b).unwrap().iter().map(|e| e.log_id).collect()
+        };
+        let term = |t, i| LogId::new(CommittedLeaderId::new(t, 1), i);
+        assert_eq!(ids(&s, 15, 21), (15..=20).map(|i| term(1, i)).collect::<Vec<_>>());
+        assert_eq!(ids(&s, 19, 20), vec![term(1, 19)]);
+        assert_eq!(ids(&s, 1, 3), vec![term(1, 1), term(1, 2)]);
+        // A new leader overwrites 19 and 20: nothing of the old ones may be read back.
+        s.truncate(19).unwrap();
+        let newer = |i| Entry {
+            log_id: term(2, i),
+            payload: EntryPayload::Blank,
+        };
+        s.append(vec![newer(19), newer(20)]).unwrap();
+        assert_eq!(
+            ids(&s, 17, 100),
+            vec![term(1, 17), term(1, 18), term(2, 19), term(2, 20)]
+        );
+        s.purge(18).unwrap();
+        assert_eq!(ids(&s, 0, 100), vec![term(2, 19), term(2, 20)]);
+        // The same from disk alone.
+        drop(s);
+        let s = Segments::open(dir.path(), Some(18)).unwrap();
+        assert_eq!(s.cache_first(), None);
+        assert_eq!(ids(&s, 0, 100), vec![term(2, 19), term(2, 20)]);
+    }
+
+    #[test]
     fn truncate_survives_a_reopen_and_purge_deletes_whole_segments() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
-        s.append(&(1..=5).map(entry).collect::<Vec<_>>()).unwrap();
+        s.append((1..=5).map(entry).collect::<Vec<_>>()).unwrap();
         s.truncate(4).unwrap();
-        s.append(&[entry(4)]).unwrap();
+        s.append(vec![entry(4)]).unwrap();
         drop(s);
         let mut s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&s), vec![1, 2, 3, 4]);
@@ -759,7 +848,7 @@ mod tests {
         s.purge(4).unwrap();
         assert!(s.segments.is_empty());
         assert!(!segment_path(dir.path(), 1).exists());
-        s.append(&[entry(100)]).unwrap();
+        s.append(vec![entry(100)]).unwrap();
         drop(s);
         let s = Segments::open(dir.path(), Some(4)).unwrap();
         assert_eq!(indexes(&s), vec![100]);
@@ -769,7 +858,7 @@ mod tests {
     fn entries_at_or_below_the_purge_marker_are_skipped_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
-        s.append(&(1..=6).map(entry).collect::<Vec<_>>()).unwrap();
+        s.append((1..=6).map(entry).collect::<Vec<_>>()).unwrap();
         s.purge(3).unwrap();
         drop(s);
         let s = Segments::open(dir.path(), Some(3)).unwrap();
@@ -787,7 +876,7 @@ mod tests {
     fn entry_zero_survives_a_reopen_when_nothing_was_purged() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
-        s.append(&[entry(0), entry(1)]).unwrap();
+        s.append(vec![entry(0), entry(1)]).unwrap();
         drop(s);
         let s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&s), vec![0, 1]);
@@ -799,11 +888,11 @@ mod tests {
     fn appends_that_break_continuity_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Segments::open(dir.path(), None).unwrap();
-        s.append(&[entry(1), entry(2)]).unwrap();
-        assert!(s.append(&[entry(2)]).is_err());
-        assert!(s.append(&[entry(4)]).is_err());
-        assert!(s.append(&[entry(3), entry(5)]).is_err());
-        s.append(&[entry(3)]).unwrap();
+        s.append(vec![entry(1), entry(2)]).unwrap();
+        assert!(s.append(vec![entry(2)]).is_err());
+        assert!(s.append(vec![entry(4)]).is_err());
+        assert!(s.append(vec![entry(3), entry(5)]).is_err());
+        s.append(vec![entry(3)]).unwrap();
         assert_eq!(indexes(&s), vec![1, 2, 3]);
     }
 }
