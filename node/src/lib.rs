@@ -59,10 +59,7 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .add_service(node_svc)
         .add_service(raft_svc)
-        .serve_with_incoming_shutdown(
-            kv_proto::nodelay_incoming(listener),
-            shutdown.cancelled(),
-        )
+        .serve_with_incoming_shutdown(kv_proto::nodelay_incoming(listener), shutdown.cancelled())
         .await;
     node.shutdown().await;
     served.map_err(|e| error::NodeError::Fatal(format!("grpc server: {e}")))
