@@ -1,18 +1,25 @@
 //! The gRPC services: `Node` (data RPCs naming a group, cluster map, status) and `Raft` (the
 //! multi-raft transport). Handlers stay thin: decode, call [`Node`], encode.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use kv_proto::kv::{Consistency, KeyValue};
+use kv_proto::multi::{bounded, call_error};
+use kv_proto::node::node_call::Call;
+use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::node_server::Node as NodeApi;
 use kv_proto::node::raft_server::Raft as RaftApi;
 use kv_proto::node::{
     write_op, GetClusterMapRequest, GetClusterMapResponse, GroupStatus, GroupStatusRequest,
-    GroupStatusResponse, NodeMultiRequest, NodeMultiResponse, NodeScanRequest, NodeScanResponse,
-    ProposeMapChangeRequest, ProposeMapChangeResponse, RaftReply, RaftRequest, ReadRequest,
-    ReadResponse, ReadResult, WatchClusterMapRequest, WriteRequest, WriteResponse, WriteResult,
+    GroupStatusResponse, NodeCall, NodeCallResult, NodeMultiRequest, NodeMultiResponse,
+    NodeScanRequest, NodeScanResponse, ProposeMapChangeRequest, ProposeMapChangeResponse,
+    RaftReply, RaftRequest, ReadRequest, ReadResponse, ReadResult, WatchClusterMapRequest,
+    WriteRequest, WriteResponse, WriteResult,
 };
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
@@ -73,6 +80,99 @@ impl NodeService {
         }
     }
 
+    /// A write, as the unary handler and a streamed call serve it.
+    async fn write_request(&self, req: WriteRequest) -> Result<WriteResponse, NodeError> {
+        let group = self.node.group(req.group_id)?;
+        let ops = self.decode_ops(req.ops)?;
+        self.node
+            .check_routing(group.id, req.epoch, ops.iter().map(|op| op.key()))
+            .await?;
+        let dedup = dedup_of(&req.request_id)?;
+        // A conditional write's outcome is only known at apply: always strong.
+        let conditional = ops.iter().any(Op::is_conditional);
+        let results = if strong(req.consistency) || conditional {
+            self.node
+                .write_strong(&group, SubWrite { ops, dedup })
+                .await?
+        } else {
+            self.node.write_eventual(&group, ops, dedup).await?
+        };
+        Ok(WriteResponse {
+            results: results
+                .into_iter()
+                .map(|r| WriteResult {
+                    version: r.version,
+                    existed: r.existed,
+                    condition_failed: r.condition_failed,
+                    previous_version: r.previous_version,
+                })
+                .collect(),
+        })
+    }
+
+    /// A read within `budget`, the caller's remaining time if it sent one.
+    async fn read_request(
+        &self,
+        req: ReadRequest,
+        budget: Option<Duration>,
+    ) -> Result<ReadResponse, NodeError> {
+        let group = self.node.group(req.group_id)?;
+        for k in &req.keys {
+            self.node.limits.check_key(k).map_err(NodeError::from)?;
+        }
+        self.node
+            .check_routing(group.id, req.epoch, req.keys.iter().map(|k| k.as_ref()))
+            .await?;
+        let bounds = ReadBounds {
+            min_applied_index: req.min_applied_index,
+            max_staleness_ms: req.max_staleness_ms,
+            budget,
+        };
+        self.read_barrier(&group, req.consistency, bounds).await?;
+        let view = group.data.read_view();
+        let applied_index = group.data.applied_index();
+        let mut results = Vec::with_capacity(req.keys.len());
+        for k in &req.keys {
+            results.push(match group.data.get(k).map_err(NodeError::from)? {
+                Some((version, value)) => ReadResult {
+                    found: true,
+                    value: value.into(),
+                    version,
+                },
+                None => ReadResult::default(),
+            });
+        }
+        drop(view);
+        Ok(ReadResponse {
+            results,
+            served_by: self.node.id,
+            applied_index,
+        })
+    }
+
+    /// Answers one call of a `MultiStream` as the unary handlers would, within the call's
+    /// budget, without building a unary request per call (a metadata map and a formatted
+    /// `grpc-timeout` that the read handler parses right back).
+    fn stream_call(self, call: NodeCall) -> impl Future<Output = NodeCallResult> + Send {
+        let NodeCall {
+            call,
+            timeout_ms: t,
+            id,
+        } = call;
+        let handler = async move {
+            let budget = (t > 0).then(|| Duration::from_millis(t.into()));
+            match call {
+                Some(Call::Write(r)) => Ok(Outcome::Write(self.write_request(r).await?)),
+                Some(Call::Read(r)) => Ok(Outcome::Read(self.read_request(r, budget).await?)),
+                None => Err(Status::invalid_argument("a call names no request")),
+            }
+        };
+        bounded(t, handler).map(move |outcome| NodeCallResult {
+            result: Some(outcome.unwrap_or_else(|s| Outcome::Error(call_error(&s)))),
+            id,
+        })
+    }
+
     fn decode_ops(&self, ops: Vec<kv_proto::node::WriteOp>) -> Result<Vec<Op>, NodeError> {
         if ops.is_empty() {
             return Err(NodeError::BadRequest(
@@ -131,33 +231,9 @@ impl NodeApi for NodeService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<GrpcResponse<WriteResponse>, Status> {
-        let req = request.into_inner();
-        let group = self.node.group(req.group_id)?;
-        let ops = self.decode_ops(req.ops)?;
-        self.node
-            .check_routing(group.id, req.epoch, ops.iter().map(|op| op.key()))
-            .await?;
-        let dedup = dedup_of(&req.request_id)?;
-        // A conditional write's outcome is only known at apply: always strong.
-        let conditional = ops.iter().any(Op::is_conditional);
-        let results = if strong(req.consistency) || conditional {
-            self.node
-                .write_strong(&group, SubWrite { ops, dedup })
-                .await?
-        } else {
-            self.node.write_eventual(&group, ops, dedup).await?
-        };
-        Ok(GrpcResponse::new(WriteResponse {
-            results: results
-                .into_iter()
-                .map(|r| WriteResult {
-                    version: r.version,
-                    existed: r.existed,
-                    condition_failed: r.condition_failed,
-                    previous_version: r.previous_version,
-                })
-                .collect(),
-        }))
+        Ok(GrpcResponse::new(
+            self.write_request(request.into_inner()).await?,
+        ))
     }
 
     async fn multi(
@@ -175,9 +251,10 @@ impl NodeApi for NodeService {
         &self,
         request: Request<tonic::Streaming<NodeMultiRequest>>,
     ) -> Result<GrpcResponse<Self::MultiStreamStream>, Status> {
-        Ok(GrpcResponse::new(kv_proto::multi::serve_node_stream(
-            self.clone(),
-            request,
+        let service = self.clone();
+        Ok(GrpcResponse::new(kv_proto::multi::serve_stream(
+            request.into_inner(),
+            move |call| service.clone().stream_call(call),
         )))
     }
 
@@ -186,39 +263,9 @@ impl NodeApi for NodeService {
         request: Request<ReadRequest>,
     ) -> Result<GrpcResponse<ReadResponse>, Status> {
         let budget = grpc_timeout(request.metadata());
-        let req = request.into_inner();
-        let group = self.node.group(req.group_id)?;
-        for k in &req.keys {
-            self.node.limits.check_key(k).map_err(NodeError::from)?;
-        }
-        self.node
-            .check_routing(group.id, req.epoch, req.keys.iter().map(|k| k.as_ref()))
-            .await?;
-        let bounds = ReadBounds {
-            min_applied_index: req.min_applied_index,
-            max_staleness_ms: req.max_staleness_ms,
-            budget,
-        };
-        self.read_barrier(&group, req.consistency, bounds).await?;
-        let view = group.data.read_view();
-        let applied_index = group.data.applied_index();
-        let mut results = Vec::with_capacity(req.keys.len());
-        for k in &req.keys {
-            results.push(match group.data.get(k).map_err(NodeError::from)? {
-                Some((version, value)) => ReadResult {
-                    found: true,
-                    value: value.into(),
-                    version,
-                },
-                None => ReadResult::default(),
-            });
-        }
-        drop(view);
-        Ok(GrpcResponse::new(ReadResponse {
-            results,
-            served_by: self.node.id,
-            applied_index,
-        }))
+        Ok(GrpcResponse::new(
+            self.read_request(request.into_inner(), budget).await?,
+        ))
     }
 
     async fn scan(
@@ -360,8 +407,7 @@ impl NodeApi for NodeService {
 }
 
 /// The caller's deadline from the `grpc-timeout` header (digits and a unit: H, M, S, m, u, n).
-fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
-    use std::time::Duration;
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     if value.len() < 2 {
         return None;

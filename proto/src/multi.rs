@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, KeyAndValueRef};
 use tonic::{Code, Request, Status, Streaming};
@@ -422,22 +422,24 @@ fn unary<T>(message: T, timeout_ms: u32, batch_timeout: Option<&AsciiMetadataVal
 }
 
 /// Runs one call's handler within its own budget (else [`STREAM_CALL_TIMEOUT`]), as tonic
-/// cuts a unary call at its `grpc-timeout`.
-async fn bounded<T>(
+/// cuts a unary call at its `grpc-timeout`. Built from combinators, not an `async fn`: an
+/// `async` wrapper keeps both the future it is handed and the one it awaits, which for the
+/// services' handlers doubles a future of some kilobytes.
+pub fn bounded<T>(
     timeout_ms: u32,
     handler: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
+) -> impl Future<Output = Result<T, Status>> {
     let budget = match timeout_ms {
         0 => STREAM_CALL_TIMEOUT,
         ms => Duration::from_millis(ms.into()),
     };
-    tokio::time::timeout(budget, handler)
-        .await
-        .unwrap_or_else(|_| {
+    tokio::time::timeout(budget, handler).map(move |outcome| {
+        outcome.unwrap_or_else(|_| {
             Err(Status::deadline_exceeded(format!(
                 "no answer within {budget:?}"
             )))
         })
+    })
 }
 
 fn check_count(count: usize) -> Result<(), Status> {
@@ -543,17 +545,6 @@ pub async fn serve_kv<S: kv::kv_server::Kv>(
     .await
 }
 
-/// Serves `kv.v1.Kv/MultiStream` with `service`'s own handlers (see [`serve_stream`]).
-pub fn serve_kv_stream<S: kv::kv_server::Kv + Clone>(
-    service: S,
-    request: Request<Streaming<kv::MultiRequest>>,
-) -> Inbound<kv::MultiResponse> {
-    serve_stream(request.into_inner(), move |call| {
-        let service = service.clone();
-        async move { kv_call(&service, call, None).await }
-    })
-}
-
 /// Serves a `kv.node.v1.Node/Multi` request with `service`'s own Write and Read handlers.
 pub async fn serve_node<S: node::node_server::Node>(
     service: &S,
@@ -565,7 +556,20 @@ pub async fn serve_node<S: node::node_server::Node>(
     .await
 }
 
-/// Serves `kv.node.v1.Node/MultiStream` with `service`'s own handlers (see [`serve_stream`]).
+/// Serves `kv.v1.Kv/MultiStream` with `service`'s own unary handlers (see [`serve_stream`]),
+/// for a service with nothing faster to offer per call.
+pub fn serve_kv_stream<S: kv::kv_server::Kv + Clone>(
+    service: S,
+    request: Request<Streaming<kv::MultiRequest>>,
+) -> Inbound<kv::MultiResponse> {
+    serve_stream(request.into_inner(), move |call| {
+        let service = service.clone();
+        async move { kv_call(&service, call, None).await }
+    })
+}
+
+/// Serves `kv.node.v1.Node/MultiStream` with `service`'s own unary handlers (see
+/// [`serve_stream`]), for a service with nothing faster to offer per call.
 pub fn serve_node_stream<S: node::node_server::Node + Clone>(
     service: S,
     request: Request<Streaming<node::NodeMultiRequest>>,

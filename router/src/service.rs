@@ -14,7 +14,7 @@ use kv_proto::kv::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, MultiRequest, MultiResponse,
     PutRequest, PutResponse, ScanRequest, ScanResponse,
 };
-use kv_proto::multi::{call_error, STREAM_CALL_TIMEOUT};
+use kv_proto::multi::{bounded, call_error};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -96,25 +96,6 @@ impl KvService {
             id,
         })
     }
-}
-
-/// Runs a streamed call's handler within the call's own budget, else [`STREAM_CALL_TIMEOUT`],
-/// and fails it as the serving loop of `kv_proto::multi` does.
-fn bounded<T>(
-    timeout_ms: u32,
-    handler: impl Future<Output = Result<T, Status>>,
-) -> impl Future<Output = Result<T, Status>> {
-    let budget = match timeout_ms {
-        0 => STREAM_CALL_TIMEOUT,
-        ms => Duration::from_millis(ms.into()),
-    };
-    tokio::time::timeout(budget, handler).map(move |outcome| {
-        outcome.unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!(
-                "no answer within {budget:?}"
-            )))
-        })
-    })
 }
 
 /// Runs one request: deadline from the configured timeout and the client's `grpc-timeout`,
