@@ -25,10 +25,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, Semaphore};
 
 /// Write rounds (entries) in flight per group. More overlap Raft rounds; fewer make bigger
-/// entries. Once apply and the log stopped paying sled's per-transaction buffer writes, 2 beat
-/// 4 by ~10 % node CPU per put at 256 clients, and 8 lost ~15 % (docs/benchmarks.md); 1 was
-/// level with 2 but leaves no overlap for a lone writer.
-pub const WRITES_IN_FLIGHT: usize = 2;
+/// entries. Rounds here are bound by CPU (log append, sync, replication and apply per entry),
+/// not by waiting, so overlap buys nothing: 1 beat 2 at 4, 32 and 256 clients, in throughput
+/// and in p99 (docs/benchmarks.md), as 2 had beaten 4 and 8.
+pub const WRITES_IN_FLIGHT: usize = 1;
 /// Read-index rounds in flight per group: one running, the next gathering.
 pub const READS_IN_FLIGHT: usize = 1;
 
