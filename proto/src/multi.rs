@@ -122,6 +122,22 @@ pub type Inbound<B> = Pin<Box<dyn Stream<Item = Result<B, Status>> + Send>>;
 pub struct Outbound<B: Batch, T = <B as Batch>::Item> {
     queue: mpsc::UnboundedReceiver<T>,
     item: fn(T) -> B::Item,
+    /// The first of the next message's items, taken before yielding once so that calls
+    /// queued meanwhile go out in the same message (see [`Outbound::poll_next`]).
+    held: Option<T>,
+}
+
+// Nothing in it is pinned structurally: the held item is only ever moved.
+impl<B: Batch, T> Unpin for Outbound<B, T> {}
+
+impl<B: Batch, T> Outbound<B, T> {
+    fn new(queue: mpsc::UnboundedReceiver<T>, item: fn(T) -> B::Item) -> Self {
+        Outbound {
+            queue,
+            item,
+            held: None,
+        }
+    }
 }
 
 impl<B: Batch, T> Stream for Outbound<B, T> {
@@ -132,10 +148,22 @@ impl<B: Batch, T> Stream for Outbound<B, T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<B>> {
         let item = self.item;
-        let first = match self.queue.poll_recv(cx) {
-            std::task::Poll::Ready(Some(queued)) => item(queued),
-            std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
-            std::task::Poll::Pending => return std::task::Poll::Pending,
+        let first = match self.held.take() {
+            Some(held) => item(held),
+            None => match self.queue.poll_recv(cx) {
+                // A lone item: yield once (a self-wake puts this task at the back of the run
+                // queue) and send whatever has queued behind it by then. Each message costs a
+                // write and a read of the socket, and a wake-up on each side; most calls
+                // arrive in bursts (a Raft round's answers, a client's concurrent requests).
+                std::task::Poll::Ready(Some(queued)) if self.queue.is_empty() => {
+                    self.held = Some(queued);
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                std::task::Poll::Ready(Some(queued)) => item(queued),
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            },
         };
         let mut items = vec![first];
         while items.len() < MESSAGE_CALLS {
@@ -302,10 +330,7 @@ impl<Q: Batch, R: Batch> Mux<Q, R> {
             callers: Mutex::new(foldhash::HashMap::default()),
             ended: AtomicBool::new(false),
         });
-        let outbound = Outbound {
-            queue: queued,
-            item: std::convert::identity,
-        };
+        let outbound = Outbound::new(queued, std::convert::identity);
         tokio::spawn(read(waiting.clone(), (self.open)(outbound)));
         let fresh = Live { calls, waiting };
         *live = Some(fresh.clone());
@@ -370,10 +395,8 @@ where
         }
     });
     // Taking a result out of the queue frees its call's slot.
-    let answers: Outbound<R, (R::Item, OwnedSemaphorePermit)> = Outbound {
-        queue: ready,
-        item: |(item, _slot)| item,
-    };
+    let answers: Outbound<R, (R::Item, OwnedSemaphorePermit)> =
+        Outbound::new(ready, |(item, _slot)| item);
     Box::pin(answers.map(Ok))
 }
 
