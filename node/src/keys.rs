@@ -98,6 +98,15 @@ pub fn sm_tree(group: GroupId) -> String {
     format!("g{group}.sm")
 }
 
+/// The group's current snapshot (`SNAPSHOT` → bincode `StoredSnapshot`), alone in its tree:
+/// in the `sm` tree it shared a sled leaf with the applied marker and the journal, written on
+/// every apply, and sled rewrote the whole leaf, snapshot included (megabytes: it carries the
+/// request ids of the last two minutes), every few of those writes. Earlier versions kept it
+/// in the `sm` tree; opening a group moves it.
+pub fn snapshot_tree(group: GroupId) -> String {
+    format!("g{group}.snap")
+}
+
 pub fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }

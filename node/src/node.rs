@@ -367,6 +367,7 @@ impl Node {
             keys::raft_tree(id),
             keys::data_tree(id),
             keys::sm_tree(id),
+            keys::snapshot_tree(id),
             keys::dedup_tree(id),
         ] {
             if let Err(e) = self.db.drop_tree(tree.as_bytes()) {

@@ -87,6 +87,8 @@ impl GroupData {
 pub struct StateMachine {
     group: GroupId,
     shared: GroupData,
+    /// [`keys::snapshot_tree`].
+    snapshots: sled::Tree,
     flusher: Flusher,
     snapshot_seq: u64,
     /// The request ids of the window and their results: the dedup tree's content, in memory
@@ -128,6 +130,20 @@ struct Pending<'a> {
 /// Request ids applied by entries of one `apply` call, not yet in [`StateMachine::remembered`].
 type Fresh = HashMap<Vec<u8>, Vec<OpResult>>;
 
+/// Moves a snapshot stored by an earlier version from the `sm` tree to its own
+/// ([`keys::snapshot_tree`]). Copied before it is removed, and sled recovers a prefix of its
+/// log, so a crash in between leaves it in both places, and the next open finishes the move.
+fn move_snapshot_out_of(sm: &sled::Tree, snapshots: &sled::Tree) -> Result<(), StorageError> {
+    let werr = |e: sled::Error| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
+    if let Some(old) = sm.get(keys::SNAPSHOT).map_err(werr)? {
+        if snapshots.get(keys::SNAPSHOT).map_err(werr)?.is_none() {
+            snapshots.insert(keys::SNAPSHOT, old).map_err(werr)?;
+        }
+        sm.remove(keys::SNAPSHOT).map_err(werr)?;
+    }
+    Ok(())
+}
+
 /// The request-id table as stored: every entry record, and the legacy per-id records.
 fn load_remembered(dedup: &sled::Tree) -> Result<HashMap<Vec<u8>, Vec<OpResult>>, StorageError> {
     let rerr = |e: sled::Error| read_err(ErrorSubject::StateMachine, e);
@@ -162,8 +178,11 @@ impl StateMachine {
         let data = open(keys::data_tree(group))?;
         let sm = open(keys::sm_tree(group))?;
         let dedup = open(keys::dedup_tree(group))?;
+        let snapshots = open(keys::snapshot_tree(group))?;
+        move_snapshot_out_of(&sm, &snapshots)?;
         let mut me = StateMachine {
             group,
+            snapshots,
             shared: GroupData {
                 data,
                 sm,
@@ -280,8 +299,7 @@ impl StateMachine {
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let raw = self
-            .shared
-            .sm
+            .snapshots
             .get(keys::SNAPSHOT)
             .map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
         raw.map(|r| bincode::deserialize(&r))
@@ -762,7 +780,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             group: self.group,
             body: copy,
-            sm: self.shared.sm.clone(),
+            snapshots: self.snapshots.clone(),
             flusher: self.flusher.clone(),
             seq: self.snapshot_seq,
         }
@@ -782,8 +800,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        self.shared
-            .sm
+        self.snapshots
             .insert(keys::SNAPSHOT, ser(&stored)?)
             .map_err(|e| {
                 sto_err(
@@ -816,7 +833,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 pub struct SnapshotBuilder {
     group: GroupId,
     body: Result<SnapshotBody, StorageError>,
-    sm: sled::Tree,
+    snapshots: sled::Tree,
     flusher: Flusher,
     seq: u64,
 }
@@ -851,7 +868,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 std::io::Error::other(e.to_string()),
             )
         };
-        self.sm
+        self.snapshots
             .insert(keys::SNAPSHOT, ser(&stored)?)
             .map_err(|e| werr(&e))?;
         self.flusher.wait_durable().await.map_err(|e| werr(&e))?;

@@ -374,4 +374,39 @@ mod replay {
         })
         .await;
     }
+
+    #[tokio::test]
+    async fn a_snapshot_stored_by_an_earlier_version_is_moved_to_its_own_tree() {
+        use openraft::storage::RaftSnapshotBuilder;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let flusher = Flusher::start(db.clone()).unwrap();
+        let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
+        sm.apply([write(1, vec![put("k", "a", None)], None)])
+            .await
+            .unwrap();
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        drop(sm);
+        // Where earlier versions kept it.
+        let (sm_tree, snaps) = (
+            db.open_tree(keys::sm_tree(1)).unwrap(),
+            db.open_tree(keys::snapshot_tree(1)).unwrap(),
+        );
+        let raw = snaps.remove(keys::SNAPSHOT).unwrap().unwrap();
+        sm_tree.insert(keys::SNAPSHOT, raw).unwrap();
+        let mut sm = StateMachine::open(&db, 1, flusher).unwrap();
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("the snapshot");
+        assert_eq!(current.meta, built.meta);
+        assert!(sm_tree.get(keys::SNAPSHOT).unwrap().is_none());
+        assert!(snaps.get(keys::SNAPSHOT).unwrap().is_some());
+    }
 }
