@@ -294,10 +294,8 @@ mod replay {
         ]
     }
 
-    /// A state machine that applied entry 1, then [`later_entries`] in one call, and crashed
-    /// with the applied marker still at entry 1: the database, and the first answers.
-    async fn crashed_after_later_entries() -> (tempfile::TempDir, sled::Db, Flusher, Vec<Response>)
-    {
+    /// A new state machine (group 1) that applied one put of `k` as entry 1.
+    async fn applied_one_write() -> (tempfile::TempDir, sled::Db, Flusher, StateMachine) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let flusher = Flusher::start(db.clone()).unwrap();
@@ -305,6 +303,14 @@ mod replay {
         sm.apply([write(1, vec![put("k", "a", None)], None)])
             .await
             .unwrap();
+        (dir, db, flusher, sm)
+    }
+
+    /// A state machine that applied entry 1, then [`later_entries`] in one call, and crashed
+    /// with the applied marker still at entry 1: the database, and the first answers.
+    async fn crashed_after_later_entries() -> (tempfile::TempDir, sled::Db, Flusher, Vec<Response>)
+    {
+        let (dir, db, flusher, mut sm) = applied_one_write().await;
         let first: Vec<Response> = sm.apply(later_entries()).await.unwrap();
         assert!(
             matches!(&first[0], Response::Write(r) if !r[0].condition_failed),
@@ -378,13 +384,7 @@ mod replay {
     #[tokio::test]
     async fn a_snapshot_stored_by_an_earlier_version_is_moved_to_its_own_tree() {
         use openraft::storage::RaftSnapshotBuilder;
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let flusher = Flusher::start(db.clone()).unwrap();
-        let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
-        sm.apply([write(1, vec![put("k", "a", None)], None)])
-            .await
-            .unwrap();
+        let (_dir, db, flusher, mut sm) = applied_one_write().await;
         let built = sm
             .get_snapshot_builder()
             .await
