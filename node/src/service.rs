@@ -49,33 +49,23 @@ fn strong(consistency: i32) -> bool {
     Consistency::try_from(consistency).unwrap_or(Consistency::Strong) != Consistency::Eventual
 }
 
-/// What an eventual read asks of the serving replica.
-struct ReadBounds {
-    min_applied_index: u64,
-    max_staleness_ms: u32,
-    /// The caller's remaining time (`grpc-timeout`), if it sent one.
-    budget: Option<std::time::Duration>,
-}
-
 impl NodeService {
     /// Strong reads: leadership confirmed by a quorum and applied up to the read index.
-    /// Eventual reads: the session token and max staleness, if any.
+    /// Eventual reads: the session token (`min_applied_index`) and max staleness, if any,
+    /// waiting at most `budget`, the caller's remaining time if it sent one.
     async fn read_barrier(
         &self,
         group: &Group,
         consistency: i32,
-        bounds: ReadBounds,
+        min_applied_index: u64,
+        max_staleness_ms: u32,
+        budget: Option<Duration>,
     ) -> Result<(), NodeError> {
         if strong(consistency) {
             self.node.linearizable(group).await
         } else {
             self.node
-                .eventual_read_allowed(
-                    group,
-                    bounds.min_applied_index,
-                    bounds.max_staleness_ms,
-                    bounds.budget,
-                )
+                .eventual_read_allowed(group, min_applied_index, max_staleness_ms, budget)
                 .await
         }
     }
@@ -123,12 +113,14 @@ impl NodeService {
         self.node
             .check_routing(group.id, req.epoch, req.keys.iter().map(|k| k.as_ref()))
             .await?;
-        let bounds = ReadBounds {
-            min_applied_index: req.min_applied_index,
-            max_staleness_ms: req.max_staleness_ms,
+        self.read_barrier(
+            &group,
+            req.consistency,
+            req.min_applied_index,
+            req.max_staleness_ms,
             budget,
-        };
-        self.read_barrier(&group, req.consistency, bounds).await?;
+        )
+        .await?;
         let view = group.data.read_view();
         let applied_index = group.data.applied_index();
         let mut results = Vec::with_capacity(req.keys.len());
@@ -288,12 +280,14 @@ impl NodeApi for NodeService {
             0 => DEFAULT_SCAN_LIMIT,
             n => n.min(MAX_SCAN_LIMIT),
         };
-        let bounds = ReadBounds {
-            min_applied_index: req.min_applied_index,
-            max_staleness_ms: req.max_staleness_ms,
+        self.read_barrier(
+            &group,
+            req.consistency,
+            req.min_applied_index,
+            req.max_staleness_ms,
             budget,
-        };
-        self.read_barrier(&group, req.consistency, bounds).await?;
+        )
+        .await?;
         let view = group.data.read_view();
         let applied_index = group.data.applied_index();
         let iter = if req.end.is_empty() {
