@@ -230,6 +230,12 @@ impl Cluster {
         self.wait_routers_ready(options.ready_timeout).await
     }
 
+    /// Keeps the cluster's dir (and prints its log tails) when it is dropped, as if the test
+    /// had failed: for callers that report a failure without panicking.
+    pub fn keep_dir(&mut self) {
+        self.keep = true;
+    }
+
     /// The cluster's temp dir.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -18,6 +18,8 @@
 //!   nft DROP rules on that bridge (clusters started with `netns: true`; needs root).
 //! - [`linearizability`]: a recording client and a Wing-Gong checker of strong operations
 //!   against a versioned register model, key by key.
+//! - [`nemesis`]: randomized fault schedules (kills, quick restarts, whole-cluster kills,
+//!   pauses, partitions, router kills) against strong operations, histories checked.
 //! - [`admin`]: keyspaces through the router's `Admin` service, the nodes' cluster map, and
 //!   per-group scans straight from a group's leader.
 //!
@@ -31,6 +33,7 @@ pub mod bins;
 pub mod cluster;
 pub mod data;
 pub mod linearizability;
+pub mod nemesis;
 pub mod netns;
 pub mod node;
 pub mod ports;

@@ -1,0 +1,134 @@
+//! `nemesis`: runs many randomized fault schedules against fresh clusters and checks each
+//! history for linearizability.
+//!
+//! ```sh
+//! cargo run --release -p tests --bin nemesis -- --schedules 100 --seed 42
+//! ```
+//!
+//! Schedule `i` uses seed `S + i`; a failing schedule prints its seed, and
+//! `--schedules 1 --seed THAT` replays it (same faults, targets and delays). The cluster dir of
+//! a failing schedule is kept, with its history and logs.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use cluster_tests::nemesis::{self, Fault, ScheduleOptions};
+
+#[derive(Parser, Debug)]
+#[command(about = "Randomized fault schedules against strong operations, histories checked")]
+struct Args {
+    /// Schedules to run, each on a fresh cluster.
+    #[arg(long, default_value_t = 10)]
+    schedules: u64,
+    /// Seed of the first schedule (random when absent; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long each schedule's workload runs.
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    duration: Duration,
+    /// Worker tasks per schedule.
+    #[arg(long, default_value_t = 6)]
+    workers: usize,
+    /// Keys per schedule.
+    #[arg(long, default_value_t = 4)]
+    keys: usize,
+    /// Do not use network namespaces (no partitions); otherwise they are used when available.
+    #[arg(long)]
+    no_netns: bool,
+    /// Keep going after a failing schedule.
+    #[arg(long)]
+    keep_going: bool,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let digits = s.strip_suffix('s').unwrap_or(s);
+    digits
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a whole number of seconds such as 10s"))
+}
+
+/// Points the harness at binaries of the same profile as this one, built now unless
+/// `KV_BIN_DIR` says where they are.
+fn prepare_binaries() -> anyhow::Result<()> {
+    if std::env::var_os("KV_BIN_DIR").is_some() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let dir: PathBuf = exe
+        .parent()
+        .context("this executable has no directory")?
+        .to_path_buf();
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "kvnode", "-p", "kvrouter", "--bins"]);
+    if release {
+        build.arg("--release");
+    }
+    build.current_dir(cluster_tests::bins::workspace_root());
+    let status = build.status().context("running cargo build for kvnode and kvrouter")?;
+    anyhow::ensure!(status.success(), "building kvnode and kvrouter failed");
+    std::env::set_var("KV_BIN_DIR", &dir);
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    prepare_binaries()?;
+    let netns = !args.no_netns && cluster_tests::netns::netns_support().is_ok();
+    let first = args.seed.unwrap_or_else(rand::random);
+    let faults: Vec<Fault> = ScheduleOptions::all_faults(0, netns).faults;
+    println!(
+        "nemesis: {} schedules from seed {first}, {}s each, faults {faults:?}",
+        args.schedules,
+        args.duration.as_secs()
+    );
+    let started = Instant::now();
+    let (mut passed, mut failed, mut broken) = (0u64, Vec::new(), Vec::new());
+    for i in 0..args.schedules {
+        let seed = first.wrapping_add(i);
+        let mut options = ScheduleOptions::all_faults(seed, netns);
+        options.duration = args.duration;
+        options.workers = args.workers;
+        options.keys = args.keys;
+        match nemesis::run_schedule(&options).await {
+            Ok(result) if result.report.is_linearizable() => {
+                passed += 1;
+                println!("schedule {i} ok: {result}");
+            }
+            Ok(result) => {
+                println!(
+                    "schedule {i} NOT LINEARIZABLE: {result}\nhistory in {}\n{}\nreplay: \
+                     cargo run --release -p tests --bin nemesis -- --schedules 1 --seed {seed}",
+                    result.history_path.display(),
+                    result.report.problems()
+                );
+                failed.push(seed);
+            }
+            Err(e) => {
+                println!("schedule {i} (seed {seed}) did not run to the end: {e:#}");
+                broken.push(seed);
+            }
+        }
+        if !(failed.is_empty() && broken.is_empty()) && !args.keep_going {
+            break;
+        }
+    }
+    println!(
+        "nemesis: {passed} linearizable, {} not ({failed:?}), {} did not finish ({broken:?}) \
+         in {:.0}s; first seed {first}",
+        failed.len(),
+        broken.len(),
+        started.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        failed.is_empty() && broken.is_empty(),
+        "failing seeds: {failed:?} {broken:?}"
+    );
+    Ok(())
+}

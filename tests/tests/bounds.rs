@@ -1,0 +1,156 @@
+//! Bounds on what requests can grow (issue #11): valid requests that are big together still
+//! succeed, and a read whose bound no replica can meet is answered at once instead of being
+//! retried until its deadline.
+//!
+//! The big-value tests use one shard group, so that every call goes to one leader and shares
+//! one call stream on each hop (client to router, router to node): that is where concurrent
+//! calls are coalesced into shared messages, which must stay under the gRPC message limit.
+
+use std::time::{Duration, Instant};
+
+use cluster_tests::{Cluster, ClusterOptions};
+use kvclient::{ClientOptions, Consistency, Error, ReadOptions};
+
+/// The largest value a node accepts by default (`--max-value-bytes`).
+const VALUE_BYTES: usize = 1024 * 1024;
+
+/// Concurrent calls: their values add up to more than the 64 MiB a gRPC message may carry.
+const CONCURRENT: usize = 100;
+
+/// A value of `VALUE_BYTES` that says which key it belongs to.
+fn big_value(i: usize) -> Vec<u8> {
+    let mut value = format!("value of big-{i}:").into_bytes();
+    value.resize(VALUE_BYTES, b'a' + (i % 26) as u8);
+    value
+}
+
+async fn one_group_cluster() -> Cluster {
+    Cluster::start(ClusterOptions {
+        shards: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts")
+}
+
+/// Megabyte values take a while to replicate and sync on a small machine.
+fn patient() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_gets_of_megabyte_values_all_succeed() {
+    let cluster = one_group_cluster().await;
+    let diag = cluster.diag();
+    let client = cluster.client_with(patient());
+    const KEYS: usize = 10;
+    for i in 0..KEYS {
+        client
+            .put(format!("big-{i}"), big_value(i))
+            .await
+            .unwrap_or_else(|e| panic!("put big-{i}: {e} {diag}"));
+    }
+
+    let gets = (0..CONCURRENT).map(|n| {
+        let client = client.clone();
+        async move {
+            let i = n % KEYS;
+            (i, client.get(format!("big-{i}")).await)
+        }
+    });
+    let mut failed = Vec::new();
+    for (i, got) in futures::future::join_all(gets).await {
+        match got {
+            Ok(Some(v)) => assert!(v.value == big_value(i), "big-{i} read back changed {diag}"),
+            Ok(None) => failed.push(format!("big-{i}: absent")),
+            Err(e) => failed.push(format!("big-{i}: {e}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {CONCURRENT} concurrent gets failed, first: {:?} {diag}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_puts_of_megabyte_values_all_succeed() {
+    let cluster = one_group_cluster().await;
+    let diag = cluster.diag();
+    let client = cluster.client_with(patient());
+
+    let puts = (0..CONCURRENT).map(|i| {
+        let client = client.clone();
+        async move { (i, client.put(format!("big-{i}"), big_value(i)).await) }
+    });
+    let failed: Vec<String> = futures::future::join_all(puts)
+        .await
+        .into_iter()
+        .filter_map(|(i, put)| put.err().map(|e| format!("big-{i}: {e}")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {CONCURRENT} concurrent puts failed, first: {:?} {diag}",
+        failed.len(),
+        failed.first()
+    );
+    for i in (0..CONCURRENT).step_by(9) {
+        let got = client
+            .get(format!("big-{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("get big-{i}: {e} {diag}"))
+            .unwrap_or_else(|| panic!("big-{i} absent after its put succeeded {diag}"));
+        assert!(got.value == big_value(i), "big-{i} read back changed {diag}");
+    }
+}
+
+/// No replica of an idle cluster has heard from its leader within 1 ms (heartbeats are tens of
+/// milliseconds apart), so the read is refused everywhere: the answer must come once each
+/// replica has said so, naming the bound, not when the deadline runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventual_read_no_replica_is_fresh_enough_for_is_answered_before_its_deadline() {
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let diag = cluster.diag();
+    let deadline = Duration::from_secs(10);
+    let client = cluster.client_with(ClientOptions {
+        timeout: deadline,
+        ..Default::default()
+    });
+    client.put("fresh", "v").await.expect("put");
+    let bounded = ReadOptions {
+        consistency: Consistency::Eventual,
+        max_staleness: Some(Duration::from_millis(1)),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let got = client.get_with("fresh", &bounded).await;
+    let took = started.elapsed();
+    match &got {
+        // A replica may just have heard from its leader: serving is an answer too.
+        Ok(Some(v)) => assert_eq!(v.value, "v", "{diag}"),
+        Err(Error::Unavailable { code, message }) => {
+            assert_eq!(
+                code.as_deref(),
+                Some("STALE_REPLICA"),
+                "refused with another code: {message} {diag}"
+            );
+            assert!(
+                message.contains("max staleness of 1 ms"),
+                "the refusal does not name the bound: {message} {diag}"
+            );
+        }
+        other => panic!("a read bounded by 1 ms staleness answered {other:?} {diag}"),
+    }
+    // A liveness bound, not a speed check: the router used to retry the replicas until the
+    // deadline (its own 5 s for each of the client's attempts).
+    assert!(
+        took < deadline / 2,
+        "the bounded read took {took:?} of its {deadline:?} deadline: {got:?} {diag}"
+    );
+}
