@@ -2,10 +2,12 @@
 //!
 //! - [`node`]: the runtime: configuration, hosted groups, bootstrap, reads and writes.
 //! - [`service`]: the gRPC services (data RPCs per group, the Raft transport).
+//! - [`read_index`]: one strong read's read-index round, and the read floor of a leadership
+//!   restored at startup.
 //! - [`batch`]: concurrent requests of a group gathered into shared rounds (strong writes
 //!   into Raft entries, strong reads into read-index rounds).
 //! - [`network`]: the outgoing multi-raft transport, one connection per peer node.
-//! - [`storage`]: the sled log store, state machine and group-commit flusher.
+//! - [`storage`]: the segment-file Raft log, the sled state machine and group commit.
 //! - [`keys`]: the on-disk layout.
 //! - [`types`]: the Raft type configuration and log commands.
 //! - [`error`]: the node's errors and their mapping to gRPC statuses.
@@ -22,6 +24,7 @@ pub mod http;
 pub mod keys;
 pub mod network;
 pub mod node;
+pub mod read_index;
 pub mod service;
 pub mod storage;
 pub mod types;
@@ -31,7 +34,7 @@ use kv_proto::node::raft_server::RaftServer;
 use kv_proto::MAX_MESSAGE_BYTES;
 use tokio_util::sync::CancellationToken;
 
-pub use node::{LogEngine, NodeConfig, RaftTuning};
+pub use node::{NodeConfig, RaftTuning};
 
 /// Runs a node until `shutdown` is cancelled: starts its groups, then serves gRPC on `listener`
 /// and HTTP on `http` if given.

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use kv_proto::node::node_client::NodeClient;
 use kv_proto::node::{GroupStatusRequest, WatchClusterMapRequest};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use shardmap::{ClusterMap, CompiledMap, Limits, META_GROUP};
@@ -23,7 +24,8 @@ use crate::error::NodeError;
 use crate::freshness::{within_staleness, Freshness};
 use crate::keys;
 use crate::network::{GroupNetwork, PeerPool};
-use crate::storage::{DurableAcks, FileLog, Flusher, GroupData, LogStore, StateMachine};
+use crate::read_index::{read_index_round, RestoredLeadership};
+use crate::storage::{DurableAcks, FileLog, Flusher, GroupData, StateMachine};
 use crate::types::{Dedup, GroupId, NodeId, Op, OpResult, Raft, Request, Response, SubWrite};
 
 /// The longest an eventual read waits for its replica to catch up with the session token
@@ -45,25 +47,6 @@ pub struct NodeConfig {
     pub cache_capacity_bytes: u64,
     /// How long a data request may wait for Raft (quorum, leadership) before `UNAVAILABLE`.
     pub request_timeout: Duration,
-    /// Where a new data dir keeps its Raft logs; a data dir keeps what it started with.
-    pub log_engine: LogEngine,
-}
-
-/// Where a node keeps its groups' Raft logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogEngine {
-    /// Append-only segment files per group, synced with `fdatasync` (see `storage::FileLog`).
-    File,
-    /// A sled tree per group in the node's database.
-    Sled,
-}
-
-impl LogEngine {
-    /// Data dirs made before the choice existed have their logs in sled.
-    fn legacy() -> LogEngine {
-        LogEngine::Sled
-    }
 }
 
 /// Per-group Raft settings.
@@ -95,8 +78,6 @@ struct StoredConfig {
     initial_cluster: Vec<(NodeId, String)>,
     shards: u32,
     replication: usize,
-    #[serde(default = "LogEngine::legacy")]
-    log_engine: LogEngine,
 }
 
 /// A hosted group.
@@ -106,6 +87,8 @@ pub struct Group {
     pub data: GroupData,
     /// When this replica last heard from its leader, or (leading) from a quorum.
     pub freshness: Arc<Freshness>,
+    /// The read floor of a leadership restored at startup ([`RestoredLeadership`]).
+    pub restored: Arc<RestoredLeadership>,
     /// Read-index rounds shared by concurrent strong reads.
     pub reads: Arc<Batches<(), (), NodeError>>,
     /// Strong writes gathered into shared Raft entries.
@@ -145,7 +128,6 @@ pub struct Node {
     acks: DurableAcks,
     db: sled::Db,
     node_tree: sled::Tree,
-    log_engine: LogEngine,
     data_dir: PathBuf,
     tuning: RaftTuning,
     pool: PeerPool,
@@ -197,7 +179,6 @@ impl Node {
             acks: DurableAcks::new(stored.id),
             db,
             node_tree,
-            log_engine: stored.log_engine,
             data_dir: config.data_dir.clone(),
             tuning: config.raft,
             pool: PeerPool::default(),
@@ -363,7 +344,6 @@ impl Node {
             tracing::warn!(group = id, error = %e, "raft shutdown");
         }
         for tree in [
-            keys::log_tree(id),
             keys::raft_tree(id),
             keys::data_tree(id),
             keys::sm_tree(id),
@@ -404,19 +384,16 @@ impl Node {
         };
         let (flusher, acks) = (self.flusher.clone(), self.acks.clone());
         let raft_config = Arc::new(raft_config);
-        let raft = match self.log_engine {
-            LogEngine::Sled => {
-                let log = LogStore::open(&self.db, group, flusher, acks)?;
-                Raft::new(self.id, raft_config, network, log, sm).await
-            }
-            LogEngine::File => {
-                let dir = keys::log_dir(&self.data_dir, group);
-                let log = FileLog::open(&self.db, &dir, group, flusher, acks)
-                    .map_err(|e| NodeError::Storage(e.to_string()))?;
-                Raft::new(self.id, raft_config, network, log, sm).await
-            }
-        }
-        .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let dir = keys::log_dir(&self.data_dir, group);
+        let mut log = FileLog::open(&self.db, &dir, group, flusher, acks)
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let storage = |e: crate::types::StorageError| NodeError::Storage(e.to_string());
+        let vote = log.read_vote().await.map_err(storage)?;
+        let last = log.get_log_state().await.map_err(storage)?.last_log_id;
+        let restored = RestoredLeadership::at_startup(self.id, vote.as_ref(), last.map(|l| l.index));
+        let raft = Raft::new(self.id, raft_config, network, log, sm)
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))?;
         let replicas = map
             .replicas(group)
             .map_err(|e| NodeError::BadRequest(e.to_string()))?
@@ -453,6 +430,7 @@ impl Node {
             raft,
             data,
             freshness,
+            restored: Arc::new(restored),
             reads: Arc::new(Batches::new(READS_IN_FLIGHT)),
             writes: Arc::new(Batches::new(WRITES_IN_FLIGHT)),
         });
@@ -796,13 +774,14 @@ impl Node {
     /// after each of them arrived ([`Batches`]).
     pub async fn linearizable(&self, group: &Group) -> Result<(), NodeError> {
         let (raft, id, timeout) = (group.raft.clone(), group.id, self.request_timeout);
+        let restored = group.restored.clone();
         let submitted = group
             .reads
             .submit(
                 (),
                 Vec::new(),
                 move |reads| async move {
-                    read_index_round(raft, id, timeout).await?;
+                    read_index_round(&raft, id, &restored, timeout).await?;
                     Ok(vec![(); reads.len()])
                 },
                 move || NodeError::Fatal(format!("the read-index round of group {id} died")),
@@ -812,7 +791,7 @@ impl Node {
             Submitted::Done(result) => result,
             // Reads name no keys, so they never conflict; a round of its own would still do.
             Submitted::Conflict(()) => {
-                read_index_round(group.raft.clone(), id, self.request_timeout).await
+                read_index_round(&group.raft, id, &group.restored, self.request_timeout).await
             }
         }
     }
@@ -849,30 +828,6 @@ async fn track_quorum_acks(
                 .and_then(|ms| std::time::Instant::now().checked_sub(Duration::from_millis(ms)));
             freshness.quorum_acked(at);
         }
-    }
-}
-
-/// One read-index round: leadership confirmed by a quorum and applied up to the read index.
-async fn read_index_round(raft: Raft, group: GroupId, timeout: Duration) -> Result<(), NodeError> {
-    let res = tokio::time::timeout(timeout, raft.ensure_linearizable())
-        .await
-        .map_err(|_| NodeError::NoQuorum {
-            group,
-            reason: format!("leadership not confirmed within {timeout:?}"),
-        })?;
-    match res {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-            Err(NodeError::NotLeader {
-                group,
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            })
-        }
-        Err(RaftError::APIError(e)) => Err(NodeError::NoQuorum {
-            group,
-            reason: e.to_string(),
-        }),
-        Err(RaftError::Fatal(e)) => Err(NodeError::Fatal(e.to_string())),
     }
 }
 
@@ -961,7 +916,6 @@ fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<Stored
             initial_cluster: config.initial_cluster.clone(),
             shards: config.shards,
             replication: config.replication,
-            log_engine: config.log_engine,
         };
         if flags != stored && !config.initial_cluster.is_empty() {
             tracing::warn!(
@@ -988,27 +942,8 @@ fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<Stored
         initial_cluster: config.initial_cluster.clone(),
         shards: config.shards,
         replication: config.replication,
-        log_engine: config.log_engine,
     };
     let raw = serde_json::to_vec(&stored).map_err(|e| NodeError::Storage(e.to_string()))?;
     tree.insert(keys::NODE_CONFIG, raw)?;
     Ok(stored)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_data_dir_from_before_the_log_engine_choice_keeps_its_logs_in_sled() {
-        let old = r#"{"id":1,"initial_cluster":[[1,"127.0.0.1:1"]],"shards":4,"replication":3}"#;
-        let stored: StoredConfig = serde_json::from_str(old).expect("old config parses");
-        assert_eq!(stored.log_engine, LogEngine::Sled);
-        let new = serde_json::to_string(&StoredConfig {
-            log_engine: LogEngine::File,
-            ..stored
-        })
-        .expect("serializes");
-        assert!(new.contains(r#""log_engine":"file""#), "{new}");
-    }
 }
