@@ -1,17 +1,15 @@
 //! The whole on-disk layout of a node's sled database, in one place.
 //!
-//! One sled database per node. Each group has four trees, named by the group id:
+//! One sled database per node. Each group has these trees, named by the group id:
 //!
 //! | tree | key | value |
 //! | --- | --- | --- |
-//! | `g{id}.log` | log index, u64 big-endian (so iteration is numeric) | bincode `Entry` |
 //! | `g{id}.raft` | `vote`, `purged` | bincode `Vote` / `LogId` |
 //! | `g{id}.data` | the user key | version (u64 big-endian) then the value bytes |
 //! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map`, `journal` | bincode |
 //! | `g{id}.dedup` | `e` + at_ms + index (u64 big-endian each); legacy `r` + request id, `t` + at_ms + index | the entry's (id, results) pairs; legacy (at_ms, results), the entry's ids |
 //!
-//! With `--log-engine file` (recorded in `config` at a data dir's first start) the `g{id}.log`
-//! trees stay empty and each group's log is in `raft-log/g{id}/` beside the database `db/`.
+//! Each group's Raft log is in segment files in `raft-log/g{id}/` beside the database `db/`.
 //!
 //! The node tree `node` holds `config`: the bootstrap configuration (JSON) written on first
 //! start, so that a restart from the data dir ignores changed flags, and `map`: the newest
@@ -43,14 +41,9 @@ pub fn db_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("db")
 }
 
-/// A group's Raft log segments under the data dir, when the node keeps its logs in files
-/// (`--log-engine file`): `raft-log/g{id}/{first index:020}.wal`.
+/// A group's Raft log segments under the data dir: `raft-log/g{id}/{first index:020}.wal`.
 pub fn log_dir(data_dir: &Path, group: GroupId) -> PathBuf {
     data_dir.join("raft-log").join(format!("g{group}"))
-}
-
-pub fn log_tree(group: GroupId) -> String {
-    format!("g{group}.log")
 }
 
 pub fn raft_tree(group: GroupId) -> String {
@@ -107,10 +100,6 @@ pub fn snapshot_tree(group: GroupId) -> String {
     format!("g{group}.snap")
 }
 
-pub fn log_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
 /// Encodes a stored value: its version, then its bytes.
 pub fn encode_value(version: u64, value: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + value.len());
@@ -133,9 +122,8 @@ mod tests {
 
     #[test]
     fn golden_layout() {
-        assert_eq!(log_tree(3), "g3.log");
+        assert_eq!(raft_tree(3), "g3.raft");
         assert_eq!(data_tree(12), "g12.data");
-        assert_eq!(log_key(258), [0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(
             encode_value(5, b"ab"),
             vec![0, 0, 0, 0, 0, 0, 0, 5, b'a', b'b']
@@ -148,11 +136,5 @@ mod tests {
         assert_eq!(decode_value(&raw), Some((u64::MAX - 1, &b"hello"[..])));
         assert_eq!(decode_value(&raw[..7]), None);
         assert_eq!(decode_value(&encode_value(1, b"")), Some((1, &b""[..])));
-    }
-
-    #[test]
-    fn log_keys_sort_numerically() {
-        assert!(log_key(9) < log_key(10));
-        assert!(log_key(255) < log_key(256));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use kvnode::{LogEngine, NodeConfig, RaftTuning};
+use kvnode::{NodeConfig, RaftTuning};
 use shardmap::Limits;
 use tokio_util::sync::CancellationToken;
 
@@ -60,11 +60,6 @@ struct Args {
     /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
     #[arg(long, env = "KVNODE_ELECTION_TIMEOUT_MS", default_value_t = 1_000)]
     election_timeout_ms: u64,
-    /// Where a new data dir keeps its groups' Raft logs: `file` (append-only segments synced
-    /// with fdatasync) or `sled` (a tree in the node's database). A data dir keeps the engine
-    /// it was created with.
-    #[arg(long, env = "KVNODE_LOG_ENGINE", value_enum, default_value_t = LogEngine::File)]
-    log_engine: LogEngine,
     /// sled page cache size in MiB.
     #[arg(long, env = "KVNODE_CACHE_MB", default_value_t = 256)]
     cache_mb: u64,
@@ -156,7 +151,6 @@ async fn main() -> anyhow::Result<()> {
         },
         cache_capacity_bytes: args.cache_mb * 1024 * 1024,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
-        log_engine: args.log_engine,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

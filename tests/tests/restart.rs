@@ -1,5 +1,5 @@
 //! Crash of the whole cluster: every node SIGKILLed at once, restarted from its data dir, and
-//! every acknowledged write is still there, with either log engine.
+//! every acknowledged write is still there.
 
 use cluster_tests::data::{self, pairs};
 use cluster_tests::{Cluster, ClusterOptions, READY_TIMEOUT};
@@ -7,15 +7,6 @@ use cluster_tests::{Cluster, ClusterOptions, READY_TIMEOUT};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_nodes_killed_and_restarted_keep_acknowledged_data() {
     kill_all_and_restart(ClusterOptions::default()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_nodes_killed_and_restarted_keep_acknowledged_data_with_logs_in_sled() {
-    kill_all_and_restart(ClusterOptions {
-        node_args: vec!["--log-engine".into(), "sled".into()],
-        ..ClusterOptions::default()
-    })
-    .await;
 }
 
 async fn kill_all_and_restart(options: ClusterOptions) {

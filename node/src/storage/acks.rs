@@ -2,7 +2,7 @@
 //!
 //! An eventual write is proposed as a [`Request::TrackedWrite`] naming this node (`origin`) and
 //! a sequence number. The proposer registers a oneshot here under `(group, seq)`; when the
-//! group's [`LogStore`](super::LogStore) has made an entry durable (in the group-commit flush
+//! group's [`FileLog`](super::FileLog) has made an entry durable (in the group-commit flush
 //! callback it already uses for openraft), it fires the oneshots of the entries this node
 //! proposed, with their log index. Entries proposed by other nodes (replicated here as a
 //! follower) are ignored.

@@ -1,7 +1,6 @@
 //! Storage: one sled database per node with trees per group (layout in [`crate::keys`]), and
-//! the Raft log either in that database or in segment files per group (`--log-engine`).
+//! each group's Raft log in segment files of its own.
 //!
-//! - [`LogStore`]: a group's Raft log and vote on sled (`RaftLogStorage`).
 //! - [`FileLog`]: a group's Raft log in append-only files, its vote on sled (`RaftLogStorage`).
 //! - [`StateMachine`]: a group's data and applied state (`RaftStateMachine`), and snapshots.
 //! - [`Flusher`]: group commit, one flush (and one sync per log file) for the appends of every group.
@@ -10,14 +9,12 @@
 mod acks;
 mod file_log;
 mod flusher;
-mod log_store;
 mod raft_meta;
 mod state_machine;
 
 pub use acks::{DurableAcks, PendingAck};
 pub use file_log::FileLog;
 pub use flusher::{FlushStats, Flusher};
-pub use log_store::LogStore;
 pub use state_machine::{GroupData, StateMachine};
 
 use openraft::{ErrorSubject, ErrorVerb};
