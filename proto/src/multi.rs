@@ -36,6 +36,15 @@ pub const MAX_CALLS: usize = 4096;
 /// Calls (or results) per stream message at most.
 const MESSAGE_CALLS: usize = 256;
 
+/// Encoded bytes per stream message at most, unless its one item alone is larger. Calls and
+/// results coalesced without a byte bound failed together once their values added up past
+/// [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES) (a hundred concurrent gets of 1 MiB values:
+/// one 72 MiB answer that the sender refused to encode). Well under that limit, so that a
+/// message of one maximal value plus whatever small items fit beside it still passes, and
+/// small: beyond a few megabytes a bigger message saves nothing per byte and only makes each
+/// side buffer more before it can start on the first item.
+pub const MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// How long a streamed call without a budget of its own may run on the server. Unary calls
 /// are cut by their `grpc-timeout`; a stream has none, and a call that never ends would hold
 /// its caller's slot and the server's task for good.
@@ -43,7 +52,8 @@ pub const STREAM_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A stream message: a batch of calls or of results.
 pub trait Batch: Send + 'static {
-    type Item: Tagged + Send + 'static;
+    /// A `prost::Message`, so that a message can be cut by its encoded size.
+    type Item: Tagged + prost::Message + Send + 'static;
     fn from_items(items: Vec<Self::Item>) -> Self;
     fn into_items(self) -> Vec<Self::Item>;
 }
@@ -122,13 +132,23 @@ pub type Inbound<B> = Pin<Box<dyn Stream<Item = Result<B, Status>> + Send>>;
 pub struct Outbound<B: Batch, T = <B as Batch>::Item> {
     queue: mpsc::UnboundedReceiver<T>,
     item: fn(T) -> B::Item,
-    /// The first of the next message's items, taken before yielding once so that calls
-    /// queued meanwhile go out in the same message (see [`Outbound::poll_next`]).
-    held: Option<T>,
+    /// The first of the next message's items: taken before yielding once so that calls
+    /// queued meanwhile go out in the same message, or taken for the last message but left
+    /// out of it because it would have taken the message past [`MESSAGE_BYTES`] (see
+    /// [`Outbound::poll_next`]).
+    held: Option<B::Item>,
 }
 
 // Nothing in it is pinned structurally: the held item is only ever moved.
 impl<B: Batch, T> Unpin for Outbound<B, T> {}
+
+/// The bytes `item` adds to a message as one element of its repeated field: its encoded
+/// length, the field's tag (one byte: every batch's field number is small) and the length
+/// prefix.
+fn framed_len(item: &impl prost::Message) -> usize {
+    let len = item.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
 
 impl<B: Batch, T> Outbound<B, T> {
     fn new(queue: mpsc::UnboundedReceiver<T>, item: fn(T) -> B::Item) -> Self {
@@ -149,14 +169,14 @@ impl<B: Batch, T> Stream for Outbound<B, T> {
     ) -> std::task::Poll<Option<B>> {
         let item = self.item;
         let first = match self.held.take() {
-            Some(held) => item(held),
+            Some(held) => held,
             None => match self.queue.poll_recv(cx) {
                 // A lone item: yield once (a self-wake puts this task at the back of the run
                 // queue) and send whatever has queued behind it by then. Each message costs a
                 // write and a read of the socket, and a wake-up on each side; most calls
                 // arrive in bursts (a Raft round's answers, a client's concurrent requests).
                 std::task::Poll::Ready(Some(queued)) if self.queue.is_empty() => {
-                    self.held = Some(queued);
+                    self.held = Some(item(queued));
                     cx.waker().wake_by_ref();
                     return std::task::Poll::Pending;
                 }
@@ -165,12 +185,23 @@ impl<B: Batch, T> Stream for Outbound<B, T> {
                 std::task::Poll::Pending => return std::task::Poll::Pending,
             },
         };
+        // The first item goes whatever its size: alone it is bounded by the limits on keys
+        // and values, and holding it back would stall the stream for good.
+        let mut bytes = framed_len(&first);
         let mut items = vec![first];
         while items.len() < MESSAGE_CALLS {
-            match self.queue.try_recv() {
-                Ok(queued) => items.push(item(queued)),
-                Err(_) => break,
+            let Ok(queued) = self.queue.try_recv() else {
+                break;
+            };
+            let next = item(queued);
+            bytes += framed_len(&next);
+            if bytes > MESSAGE_BYTES {
+                // Next message's first: order is kept, and it goes out as soon as the stream
+                // takes another message.
+                self.held = Some(next);
+                break;
             }
+            items.push(next);
         }
         std::task::Poll::Ready(Some(B::from_items(items)))
     }
@@ -739,6 +770,73 @@ mod tests {
         assert_eq!(opens.load(Ordering::SeqCst), 1);
         let sent = messages.load(Ordering::SeqCst);
         assert!(sent < 50, "101 concurrent calls took {sent} messages");
+    }
+
+    #[tokio::test]
+    async fn messages_are_cut_before_their_values_pass_the_byte_bound() {
+        use prost::Message;
+        let (queue, queued) = mpsc::unbounded_channel();
+        // 100 answers of 1 MiB: 100 MiB, past the 64 MiB a message may carry; then small
+        // ones, which still share messages.
+        let big = bytes::Bytes::from(vec![b'v'; 1024 * 1024]);
+        for id in 0..110u64 {
+            let value = if id < 100 {
+                big.clone()
+            } else {
+                bytes::Bytes::from_static(b"small")
+            };
+            queue
+                .send(kv::CallResult {
+                    id,
+                    result: Some(Outcome::Get(kv::GetResponse {
+                        value,
+                        ..Default::default()
+                    })),
+                })
+                .unwrap();
+        }
+        drop(queue);
+        let outbound: Outbound<kv::MultiResponse> = Outbound::new(queued, std::convert::identity);
+        let messages: Vec<kv::MultiResponse> = outbound.collect().await;
+        for m in &messages {
+            assert!(
+                m.encoded_len() <= MESSAGE_BYTES || m.results.len() == 1,
+                "a message of {} results is {} bytes",
+                m.results.len(),
+                m.encoded_len()
+            );
+        }
+        let ids: Vec<u64> = messages
+            .iter()
+            .flat_map(|m| m.results.iter().map(|r| r.id))
+            .collect();
+        assert_eq!(
+            ids,
+            (0..110).collect::<Vec<_>>(),
+            "every item once, in order"
+        );
+        assert!(
+            messages.len() < 40,
+            "110 items took {} messages",
+            messages.len()
+        );
+        // Items larger than the bound still go, one per message.
+        let (queue, queued) = mpsc::unbounded_channel();
+        for id in 0..2u64 {
+            queue
+                .send(kv::CallResult {
+                    id,
+                    result: Some(Outcome::Get(kv::GetResponse {
+                        value: bytes::Bytes::from(vec![b'x'; MESSAGE_BYTES + 1]),
+                        ..Default::default()
+                    })),
+                })
+                .unwrap();
+        }
+        drop(queue);
+        let outbound: Outbound<kv::MultiResponse> = Outbound::new(queued, std::convert::identity);
+        let sizes: Vec<usize> = outbound.map(|m| m.results.len()).collect().await;
+        assert_eq!(sizes, vec![1, 1]);
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! succeed, and a read whose bound no replica can meet is answered at once instead of being
 //! retried until its deadline.
 //!
-//! The big-value tests use one shard group, so that every call goes to one leader and shares
+//! The big-value test uses one shard group, so that every call goes to one leader and shares
 //! one call stream on each hop (client to router, router to node): that is where concurrent
 //! calls are coalesced into shared messages, which must stay under the gRPC message limit.
 
@@ -24,28 +24,20 @@ fn big_value(i: usize) -> Vec<u8> {
     value
 }
 
-async fn one_group_cluster() -> Cluster {
-    Cluster::start(ClusterOptions {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_gets_of_megabyte_values_all_succeed() {
+    let cluster = Cluster::start(ClusterOptions {
         shards: 1,
         ..Default::default()
     })
     .await
-    .expect("cluster starts")
-}
-
-/// Megabyte values take a while to replicate and sync on a small machine.
-fn patient() -> ClientOptions {
-    ClientOptions {
+    .expect("cluster starts");
+    let diag = cluster.diag();
+    // Megabyte values take a while to replicate and sync on a small machine.
+    let client = cluster.client_with(ClientOptions {
         timeout: Duration::from_secs(60),
         ..Default::default()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_concurrent_gets_of_megabyte_values_all_succeed() {
-    let cluster = one_group_cluster().await;
-    let diag = cluster.diag();
-    let client = cluster.client_with(patient());
+    });
     const KEYS: usize = 10;
     for i in 0..KEYS {
         client
@@ -77,39 +69,8 @@ async fn a_hundred_concurrent_gets_of_megabyte_values_all_succeed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_concurrent_puts_of_megabyte_values_all_succeed() {
-    let cluster = one_group_cluster().await;
-    let diag = cluster.diag();
-    let client = cluster.client_with(patient());
-
-    let puts = (0..CONCURRENT).map(|i| {
-        let client = client.clone();
-        async move { (i, client.put(format!("big-{i}"), big_value(i)).await) }
-    });
-    let failed: Vec<String> = futures::future::join_all(puts)
-        .await
-        .into_iter()
-        .filter_map(|(i, put)| put.err().map(|e| format!("big-{i}: {e}")))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {CONCURRENT} concurrent puts failed, first: {:?} {diag}",
-        failed.len(),
-        failed.first()
-    );
-    for i in (0..CONCURRENT).step_by(9) {
-        let got = client
-            .get(format!("big-{i}"))
-            .await
-            .unwrap_or_else(|e| panic!("get big-{i}: {e} {diag}"))
-            .unwrap_or_else(|| panic!("big-{i} absent after its put succeeded {diag}"));
-        assert!(got.value == big_value(i), "big-{i} read back changed {diag}");
-    }
-}
-
-/// No replica of an idle cluster has heard from its leader within 1 ms (heartbeats are tens of
-/// milliseconds apart), so the read is refused everywhere: the answer must come once each
+/// No replica of an idle cluster has heard from its leader within 1 ms (heartbeats are 200 ms
+/// apart), so the read is refused everywhere: the answer must come once each
 /// replica has said so, naming the bound, not when the deadline runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eventual_read_no_replica_is_fresh_enough_for_is_answered_before_its_deadline() {
