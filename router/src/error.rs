@@ -42,6 +42,20 @@ pub enum RouterError {
         /// The last node error's stable code, when it had one.
         code: Option<String>,
     },
+    /// No replica could serve an eventual read within its max staleness: each was asked once
+    /// in a round, and at least one said it had not heard from its leader recently enough
+    /// (`STALE_REPLICA`) while none served. Answered at once, not at the deadline (see
+    /// `Router::call_any`); `UNAVAILABLE` with code `STALE_REPLICA`, so that a client may try
+    /// again later.
+    #[error("shard group {group}: no replica has heard from its leader within the read's max staleness of {max_staleness_ms} ms ({refused} of the {asked} asked said so; last: {last_error}); allow more staleness or read with strong consistency")]
+    TooStale {
+        group: GroupId,
+        max_staleness_ms: u32,
+        /// Replicas that refused as too stale, of those asked.
+        refused: u32,
+        asked: u32,
+        last_error: String,
+    },
     /// A node refused the request for a reason retrying cannot fix; passed on as is.
     #[error("shard group {group}: {message}")]
     Node {
@@ -129,6 +143,7 @@ impl RouterError {
             RouterError::Unavailable { code, .. } => {
                 Some(code.as_deref().unwrap_or(codes::NO_QUORUM))
             }
+            RouterError::TooStale { .. } => Some(codes::STALE_REPLICA),
             RouterError::Node { error_code, .. } => error_code.as_deref(),
             RouterError::Map(MapError::UnknownGroup(_)) => Some(codes::UNKNOWN_GROUP),
             RouterError::Remap { code, .. } => Some(code),
@@ -153,7 +168,9 @@ impl RouterError {
             | RouterError::InvalidRequestId(_)
             | RouterError::UnknownKeyspace(_) => Code::InvalidArgument,
             RouterError::ConditionFailed { .. } => Code::FailedPrecondition,
-            RouterError::NotReady | RouterError::Unavailable { .. } => Code::Unavailable,
+            RouterError::NotReady
+            | RouterError::Unavailable { .. }
+            | RouterError::TooStale { .. } => Code::Unavailable,
             RouterError::Node { code, .. } => *code,
             RouterError::Map(MapError::UnknownGroup(_)) => Code::Unavailable,
             RouterError::Remap { .. } => Code::Aborted,

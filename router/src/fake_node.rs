@@ -50,6 +50,8 @@ pub struct Shared {
     pub proposals: AtomicU64,
     /// Nodes that refuse eventual reads carrying a session token, as `LAGGING`.
     pub lagging: Mutex<Vec<NodeId>>,
+    /// Nodes that refuse eventual reads with a max staleness, as `STALE_REPLICA`.
+    pub stale: Mutex<Vec<NodeId>>,
     /// The nodes that served eventual reads, in order.
     pub eventual_reads: Mutex<Vec<NodeId>>,
 }
@@ -66,6 +68,7 @@ impl Default for Shared {
             scans: Mutex::default(),
             proposals: AtomicU64::new(0),
             lagging: Mutex::default(),
+            stale: Mutex::default(),
             eventual_reads: Mutex::default(),
         }
     }
@@ -231,10 +234,22 @@ impl Node for FakeNode {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let req = request.into_inner();
         if req.consistency == kv_proto::kv::Consistency::Eventual as i32 {
-            // Any replica serves eventual reads, unless it lags behind the session token.
+            // Any replica serves eventual reads, unless it lags behind the session token or
+            // is staler than the read's bound.
             self.shared.calls.fetch_add(1, Ordering::Relaxed);
             if req.min_applied_index > 0 && self.shared.lagging.lock().unwrap().contains(&self.id) {
                 return Err(status(Code::Unavailable, codes::LAGGING));
+            }
+            if req.max_staleness_ms > 0 && self.shared.stale.lock().unwrap().contains(&self.id) {
+                return Err(status_msg(
+                    Code::Unavailable,
+                    codes::STALE_REPLICA,
+                    format!(
+                        "replica last heard from its leader longer ago than the read's max \
+                         staleness of {} ms",
+                        req.max_staleness_ms
+                    ),
+                ));
             }
             self.shared.eventual_reads.lock().unwrap().push(self.id);
         } else {
