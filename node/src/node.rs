@@ -947,3 +947,26 @@ fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<Stored
     tree.insert(keys::NODE_CONFIG, raw)?;
     Ok(stored)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_stored_config_json() {
+        // If this fails you changed a persisted format; existing data dirs would be misread
+        // (a node restarted on its data dir reads this record, not its flags).
+        const CHANGED: &str = "you changed a persisted format; existing data dirs would be misread";
+        let config = StoredConfig {
+            id: 2,
+            initial_cluster: vec![(1, "a:1".into()), (2, "b:2".into())],
+            shards: 4,
+            replication: 3,
+        };
+        let golden =
+            r#"{"id":2,"initial_cluster":[[1,"a:1"],[2,"b:2"]],"shards":4,"replication":3}"#;
+        assert_eq!(serde_json::to_string(&config).unwrap(), golden, "{CHANGED}");
+        let back: StoredConfig = serde_json::from_str(golden).unwrap();
+        assert_eq!(back, config, "{CHANGED}");
+    }
+}

@@ -198,3 +198,234 @@ impl fmt::Display for Response {
         }
     }
 }
+
+/// Golden-vector helpers for the persisted formats' tests (here and in `storage`).
+#[cfg(test)]
+pub(crate) mod golden {
+    use std::fmt::Debug;
+
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    /// What every golden assertion says when it fails.
+    pub(crate) const CHANGED: &str =
+        "you changed a persisted format; existing data dirs would be misread";
+
+    pub(crate) fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Bytes from a hex literal; whitespace is ignored, so vectors can be written grouped by
+    /// field and checked by eye.
+    pub(crate) fn unhex(s: &str) -> Vec<u8> {
+        let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        assert!(
+            digits.len().is_multiple_of(2),
+            "odd number of hex digits in {s:?}"
+        );
+        digits
+            .chunks(2)
+            .map(|pair| {
+                let text = std::str::from_utf8(pair).expect("hex digits are ASCII");
+                u8::from_str_radix(text, 16).expect("a hex digit pair")
+            })
+            .collect()
+    }
+
+    /// `value` encodes (bincode, as the node stores it) to exactly `expected`, and `expected`
+    /// decodes back to `value`.
+    pub(crate) fn assert_bincode<T>(value: &T, expected: &str)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let bytes = bincode::serialize(value).expect("encodes");
+        assert_eq!(
+            hex(&bytes),
+            hex(&unhex(expected)),
+            "encoding {value:?}: {CHANGED}"
+        );
+        let back: T = bincode::deserialize(&unhex(expected))
+            .unwrap_or_else(|e| panic!("decoding the golden bytes of {value:?}: {e}: {CHANGED}"));
+        assert_eq!(&back, value, "decoding: {CHANGED}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One golden vector per variant of what the Raft log and the apply journal store. If one
+    //! of these fails you changed a persisted format: existing data dirs would be misread.
+    //! Add a variant at the end (bincode numbers variants by position) instead of changing one.
+
+    use super::golden::assert_bincode;
+    use super::*;
+
+    fn put(key: &str, value: &str, expected_version: Option<u64>) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            expected_version,
+        }
+    }
+
+    fn dedup() -> Option<Dedup> {
+        Some(Dedup {
+            id: b"r1".to_vec(),
+            at_ms: 1000,
+        })
+    }
+
+    #[test]
+    fn golden_op() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &put("k", "v", Some(3)),
+            "00000000 0100000000000000 6b 0100000000000000 76 01 0300000000000000",
+        );
+        assert_bincode(
+            &Op::Delete {
+                key: b"d".to_vec(),
+                expected_version: None,
+            },
+            "01000000 0100000000000000 64 00",
+        );
+    }
+
+    #[test]
+    fn golden_request_write() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &Request::Write {
+                ops: vec![put("k", "v", None)],
+                dedup: dedup(),
+            },
+            "00000000 0100000000000000
+             00000000 0100000000000000 6b 0100000000000000 76 00
+             01 0200000000000000 7231 e803000000000000",
+        );
+    }
+
+    #[test]
+    fn golden_request_set_cluster_map() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &Request::SetClusterMap {
+                epoch: 2,
+                map_json: b"{}".to_vec(),
+            },
+            "01000000 0200000000000000 0200000000000000 7b7d",
+        );
+    }
+
+    #[test]
+    fn golden_request_change_map() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &Request::ChangeMap {
+                change_json: b"{}".to_vec(),
+                expected_epoch: 5,
+            },
+            "02000000 0200000000000000 7b7d 0500000000000000",
+        );
+    }
+
+    #[test]
+    fn golden_request_tracked_write() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &Request::TrackedWrite {
+                origin: 2,
+                seq: 9,
+                ops: vec![put("k", "v", None)],
+                dedup: None,
+            },
+            "03000000 0200000000000000 0900000000000000 0100000000000000
+             00000000 0100000000000000 6b 0100000000000000 76 00
+             00",
+        );
+    }
+
+    #[test]
+    fn golden_request_writes() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &Request::Writes {
+                writes: vec![
+                    SubWrite {
+                        ops: vec![put("k", "v", None)],
+                        dedup: dedup(),
+                    },
+                    SubWrite {
+                        ops: Vec::new(),
+                        dedup: None,
+                    },
+                ],
+            },
+            "04000000 0200000000000000
+             0100000000000000 00000000 0100000000000000 6b 0100000000000000 76 00
+             01 0200000000000000 7231 e803000000000000
+             0000000000000000 00",
+        );
+    }
+
+    fn result() -> OpResult {
+        OpResult {
+            version: 7,
+            existed: true,
+            condition_failed: false,
+            previous_version: 6,
+        }
+    }
+
+    #[test]
+    fn golden_op_result() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(&result(), "0700000000000000 01 00 0600000000000000");
+    }
+
+    #[test]
+    fn golden_response() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        let r = "0700000000000000 01 00 0600000000000000";
+        assert_bincode(&Response::None, "00000000");
+        assert_bincode(
+            &Response::Write(vec![result()]),
+            &format!("01000000 0100000000000000 {r}"),
+        );
+        assert_bincode(&Response::ClusterMap { stored: true }, "02000000 01");
+        assert_bincode(
+            &Response::Writes(vec![vec![result()], Vec::new()]),
+            &format!("03000000 0200000000000000 0100000000000000 {r} 0000000000000000"),
+        );
+        // Result<u64, _>: Ok is variant 0, Err variant 1.
+        assert_bincode(
+            &Response::MapChanged(Ok(4)),
+            "04000000 00000000 0400000000000000",
+        );
+        assert_bincode(
+            &Response::MapChanged(Err(MapChangeRefused::NoMap)),
+            "04000000 01000000 04000000",
+        );
+    }
+
+    #[test]
+    fn golden_map_change_refused() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &MapChangeRefused::StaleEpoch { current: 3 },
+            "00000000 0300000000000000",
+        );
+        assert_bincode(
+            &MapChangeRefused::Invalid("x".into()),
+            "01000000 0100000000000000 78",
+        );
+        assert_bincode(
+            &MapChangeRefused::UnknownKeyspace("ks".into()),
+            "02000000 0200000000000000 6b73",
+        );
+        assert_bincode(
+            &MapChangeRefused::KeyspaceExists("ks".into()),
+            "03000000 0200000000000000 6b73",
+        );
+        assert_bincode(&MapChangeRefused::NoMap, "04000000");
+    }
+}

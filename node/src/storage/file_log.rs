@@ -663,6 +663,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+    use crate::types::{golden, Op, Request};
 
     fn entry(index: u64) -> Entry {
         Entry {
@@ -903,6 +904,93 @@ mod tests {
         assert_eq!(indexes(&s), vec![0, 1]);
         let s = Segments::open(dir.path(), Some(0)).unwrap();
         assert_eq!(indexes(&s), vec![1]);
+    }
+
+    /// `entry` is stored as exactly `expected` (hex), and those bytes read back as `entry`.
+    fn assert_record(entry: &Entry, expected: &str) {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, entry).expect("encodes");
+        let expected = golden::unhex(expected);
+        assert_eq!(
+            golden::hex(&buf),
+            golden::hex(&expected),
+            "log record of {entry:?}: {}",
+            golden::CHANGED
+        );
+        let (back, len) = decode_record(&expected)
+            .expect("the golden record passes its checksum")
+            .expect("the golden record decodes");
+        assert_eq!(len, expected.len());
+        assert_eq!(&back, entry, "decoding the log record: {}", golden::CHANGED);
+    }
+
+    // Log record golden vectors: body length (u32 LE), CRC-32 of the body (u32 LE, the IEEE
+    // polynomial, the same as zlib's crc32), then the bincode Entry: log_id (leader term u64,
+    // leader node u64, index u64), then EntryPayload (u32 variant: 0 Blank, 1 Normal,
+    // 2 Membership). If one fails you changed a persisted format; existing data dirs would be
+    // misread.
+
+    #[test]
+    fn golden_record_of_a_blank_entry() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), 5),
+            payload: EntryPayload::Blank,
+        };
+        assert_record(
+            &entry,
+            "1c000000 85c1df7e
+             0200000000000000 0100000000000000 0500000000000000 00000000",
+        );
+    }
+
+    #[test]
+    fn golden_record_of_a_normal_entry() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), 6),
+            payload: EntryPayload::Normal(Request::Write {
+                ops: vec![Op::Put {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    expected_version: None,
+                }],
+                dedup: None,
+            }),
+        };
+        // The Request's own bytes are pinned in `types::tests`.
+        assert_record(
+            &entry,
+            "40000000 cde86cd3
+             0200000000000000 0100000000000000 0600000000000000 01000000
+             00000000 0100000000000000 00000000 0100000000000000 6b 0100000000000000 76 00 00",
+        );
+    }
+
+    #[test]
+    fn golden_record_of_a_membership_entry() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        let membership = openraft::Membership::new(
+            vec![[1, 2].into()],
+            std::collections::BTreeMap::from([
+                (1, openraft::BasicNode::new("a:1")),
+                (2, openraft::BasicNode::new("b:2")),
+            ]),
+        );
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 0),
+            payload: EntryPayload::Membership(membership),
+        };
+        // Membership = configs (a list of voter sets) then nodes (id to BasicNode { addr }).
+        assert_record(
+            &entry,
+            "6a000000 756e48be
+             0100000000000000 0100000000000000 0000000000000000 02000000
+             0100000000000000 0200000000000000 0100000000000000 0200000000000000
+             0200000000000000
+             0100000000000000 0300000000000000 613a31
+             0200000000000000 0300000000000000 623a32",
+        );
     }
 
     #[test]

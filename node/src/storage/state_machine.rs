@@ -19,6 +19,7 @@ use crate::types::{
 
 /// What a snapshot holds: the applied state and every key with its stored value.
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct SnapshotBody {
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -31,6 +32,7 @@ struct SnapshotBody {
 
 /// A snapshot as kept on disk, so it survives restarts and can be sent to followers.
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     #[serde(with = "serde_bytes")]
@@ -105,6 +107,7 @@ pub struct StateMachine {
 /// its decision from here rather than deciding again against half-written state (a
 /// conditional delete that already happened would otherwise fail its own condition).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 struct Decided {
     log_id: LogId,
     response: Response,
@@ -877,5 +880,301 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Golden vectors of what the state machine stores in sled: the apply journal, the applied
+    //! marker and membership, the request-id records and the snapshot. If one fails you changed
+    //! a persisted format: existing data dirs would be misread (and snapshots sent between
+    //! nodes of different builds too).
+
+    use std::collections::BTreeMap;
+
+    use openraft::storage::RaftStateMachine;
+    use openraft::{BasicNode, CommittedLeaderId, Membership, RaftSnapshotBuilder};
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+    use crate::types::golden::{assert_bincode, hex, unhex, CHANGED};
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn membership() -> StoredMembership {
+        StoredMembership::new(
+            Some(log_id(1, 0)),
+            Membership::new(
+                vec![[1].into()],
+                BTreeMap::from([(1, BasicNode::new("a:1"))]),
+            ),
+        )
+    }
+
+    fn result(version: u64) -> OpResult {
+        OpResult {
+            version,
+            existed: false,
+            condition_failed: false,
+            previous_version: 0,
+        }
+    }
+
+    // LogId: term u64, leader node u64, index u64.
+    const LOG_ID_1_1: &str = "0100000000000000 0100000000000000 0100000000000000";
+    // StoredMembership = log_id Option<LogId>, then Membership = configs (list of voter sets)
+    // and nodes (id to BasicNode { addr }).
+    const MEMBERSHIP: &str = "01 0100000000000000 0100000000000000 0000000000000000
+                              0100000000000000 0100000000000000 0100000000000000
+                              0100000000000000 0100000000000000 0300000000000000 613a31";
+    // OpResult = version u64, existed bool, condition_failed bool, previous_version u64.
+    const RESULT_1: &str = "0100000000000000 00 00 0000000000000000";
+
+    /// The journal record of applying `put(k = v)` at (term 1, index 1) with request id `r1`:
+    /// a list of `Decided` = log_id, response, applied (list of bool), map (option of bytes).
+    fn journal_of_one_put() -> String {
+        format!(
+            "0100000000000000
+             {LOG_ID_1_1} 01000000 0100000000000000 {RESULT_1} 0100000000000000 01 00"
+        )
+    }
+
+    #[test]
+    fn golden_journal() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        let decided = vec![
+            Decided {
+                log_id: log_id(1, 1),
+                response: Response::Write(vec![result(1)]),
+                applied: vec![true],
+                map: None,
+            },
+            Decided {
+                log_id: log_id(1, 2),
+                response: Response::ClusterMap { stored: true },
+                applied: Vec::new(),
+                map: Some(ByteBuf::from(b"{}".to_vec())),
+            },
+        ];
+        assert_bincode(
+            &decided,
+            &format!(
+                "0200000000000000
+                 {LOG_ID_1_1} 01000000 0100000000000000 {RESULT_1} 0100000000000000 01 00
+                 0100000000000000 0100000000000000 0200000000000000 02000000 01
+                 0000000000000000 01 0200000000000000 7b7d"
+            ),
+        );
+    }
+
+    #[test]
+    fn golden_applied_marker_and_membership() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(&Some(log_id(1, 1)), &format!("01 {LOG_ID_1_1}"));
+        assert_bincode(&None::<LogId>, "00");
+        assert_bincode(&membership(), MEMBERSHIP);
+    }
+
+    /// The `e` record of request id `r1` answered with `RESULT_1`: the entry's (id, results)
+    /// pairs.
+    fn request_id_record() -> String {
+        format!("0100000000000000 0200000000000000 7231 0100000000000000 {RESULT_1}")
+    }
+
+    #[test]
+    fn golden_request_id_records() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &vec![(ByteBuf::from(b"r1".to_vec()), vec![result(1)])],
+            &request_id_record(),
+        );
+        // Legacy `r` records, (at_ms, results), and `t` records, the entry's ids.
+        assert_bincode(
+            &(1000u64, vec![result(1)]),
+            &format!("e803000000000000 0100000000000000 {RESULT_1}"),
+        );
+        assert_bincode(
+            &vec![ByteBuf::from(b"r1".to_vec())],
+            "0100000000000000 0200000000000000 7231",
+        );
+    }
+
+    fn snapshot_body() -> SnapshotBody {
+        SnapshotBody {
+            last_applied: Some(log_id(1, 1)),
+            membership: membership(),
+            cluster_map: Some(ByteBuf::from(b"{}".to_vec())),
+            kvs: vec![(
+                ByteBuf::from(b"k".to_vec()),
+                ByteBuf::from(keys::encode_value(1, b"v")),
+            )],
+            dedup: vec![(
+                ByteBuf::from(keys::dedup_entry_key(1000, 1).to_vec()),
+                ByteBuf::from(unhex(&request_id_record())),
+            )],
+        }
+    }
+
+    /// `snapshot_body()` encoded: last_applied, membership, cluster_map (option of bytes), kvs
+    /// and dedup (lists of (bytes, bytes)); a stored value is its version (u64 big-endian)
+    /// then its bytes.
+    fn snapshot_body_hex() -> String {
+        format!(
+            "01 {LOG_ID_1_1}
+             {MEMBERSHIP}
+             01 0200000000000000 7b7d
+             0100000000000000 0100000000000000 6b 0900000000000000 0000000000000001 76
+             0100000000000000 1100000000000000 65 00000000000003e8 0000000000000001
+             {:016x} {}",
+            (unhex(&request_id_record()).len() as u64).swap_bytes(),
+            request_id_record()
+        )
+    }
+
+    #[test]
+    fn golden_snapshot_body() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(&snapshot_body(), &snapshot_body_hex());
+    }
+
+    #[test]
+    fn golden_stored_snapshot() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(1, 1)),
+                last_membership: membership(),
+                snapshot_id: "7-1-1-1".into(),
+            },
+            data: b"body".to_vec(),
+        };
+        // meta = last_log_id, last_membership, snapshot_id (string); then data (bytes).
+        assert_bincode(
+            &stored,
+            &format!(
+                "01 {LOG_ID_1_1} {MEMBERSHIP} 0700000000000000 372d312d312d31
+                 0400000000000000 626f6479"
+            ),
+        );
+    }
+
+    fn open(db: &sled::Db) -> StateMachine {
+        StateMachine::open(db, 7, Flusher::start(db.clone()).expect("flusher")).expect("opens")
+    }
+
+    /// What `apply` and the snapshot builder write is the golden bytes, under the keys that
+    /// `keys` names: the vectors above are what the node really stores.
+    #[tokio::test]
+    async fn golden_records_as_the_state_machine_writes_them() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path()).expect("sled");
+        let mut sm = open(&db);
+        let entry = Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Normal(Request::Write {
+                ops: vec![Op::Put {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    expected_version: None,
+                }],
+                dedup: Some(Dedup {
+                    id: b"r1".to_vec(),
+                    at_ms: 1000,
+                }),
+            }),
+        };
+        sm.apply([entry]).await.expect("applies");
+        let tree = |name: String| db.open_tree(name).expect("tree");
+        let raw = |t: &sled::Tree, key: &[u8]| hex(&t.get(key).expect("reads").expect("stored"));
+        let sm_tree = tree(keys::sm_tree(7));
+        assert_eq!(
+            raw(&sm_tree, keys::JOURNAL),
+            hex(&unhex(&journal_of_one_put())),
+            "journal: {CHANGED}"
+        );
+        assert_eq!(
+            raw(&sm_tree, keys::APPLIED),
+            hex(&unhex(&format!("01 {LOG_ID_1_1}"))),
+            "applied marker: {CHANGED}"
+        );
+        assert_eq!(
+            raw(&tree(keys::dedup_tree(7)), &keys::dedup_entry_key(1000, 1)),
+            hex(&unhex(&request_id_record())),
+            "request-id record: {CHANGED}"
+        );
+
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("builds");
+        let body: SnapshotBody =
+            bincode::deserialize(&snapshot.snapshot.into_inner()).expect("the snapshot decodes");
+        let expected = SnapshotBody {
+            membership: StoredMembership::default(),
+            cluster_map: None,
+            ..snapshot_body()
+        };
+        assert_eq!(body, expected, "snapshot body: {CHANGED}");
+    }
+
+    /// A snapshot stored by an earlier build, caught half installed, is finished from the
+    /// golden bytes at the next open: its keys are readable and its request ids answered.
+    #[tokio::test]
+    async fn golden_snapshot_installs_from_its_bytes() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path()).expect("sled");
+        let body = unhex(&snapshot_body_hex());
+        let stored = format!(
+            "01 {LOG_ID_1_1} {MEMBERSHIP} 0700000000000000 372d312d312d31
+             {:016x} {}",
+            (body.len() as u64).swap_bytes(),
+            hex(&body)
+        );
+        let snapshots = db.open_tree(keys::snapshot_tree(7)).expect("tree");
+        snapshots
+            .insert(keys::SNAPSHOT, unhex(&stored))
+            .expect("insert");
+        let sm_tree = db.open_tree(keys::sm_tree(7)).expect("tree");
+        sm_tree.insert(keys::INSTALLING, &b"1"[..]).expect("insert");
+        let mut sm = open(&db);
+        let data = sm.data();
+        assert_eq!(
+            data.get(b"k").expect("reads"),
+            Some((1, b"v".to_vec())),
+            "{CHANGED}"
+        );
+        assert_eq!(data.applied_index(), 1, "{CHANGED}");
+        assert_eq!(
+            data.cluster_map().expect("reads").as_deref(),
+            Some(&b"{}"[..]),
+            "{CHANGED}"
+        );
+        // A retry of request r1 gets its first answer back instead of applying again.
+        let retry = Entry {
+            log_id: log_id(1, 2),
+            payload: EntryPayload::Normal(Request::Write {
+                ops: vec![Op::Delete {
+                    key: b"k".to_vec(),
+                    expected_version: None,
+                }],
+                dedup: Some(Dedup {
+                    id: b"r1".to_vec(),
+                    at_ms: 1001,
+                }),
+            }),
+        };
+        let answers = sm.apply([retry]).await.expect("applies");
+        assert_eq!(answers, vec![Response::Write(vec![result(1)])], "{CHANGED}");
+        assert_eq!(
+            data.get(b"k").expect("reads"),
+            Some((1, b"v".to_vec())),
+            "{CHANGED}"
+        );
     }
 }

@@ -404,6 +404,64 @@ mod tests {
         ClusterMap::bootstrap(&n, 4, 3).unwrap()
     }
 
+    #[test]
+    fn golden_map_change_json() {
+        // If this fails you changed a persisted format; existing data dirs would be misread
+        // (changes are stored as this JSON in the meta group's Raft log and applied again on
+        // replay).
+        const CHANGED: &str = "you changed a persisted format; existing data dirs would be misread";
+        let vectors = [
+            (
+                MapChange::CreateKeyspace(KeyspaceSpec {
+                    name: "d".into(),
+                    strategy: StrategyKind::Directory,
+                    shards: 2,
+                    split_points: vec![b"m".to_vec()],
+                    vnodes: 16,
+                    fallback: Some(StrategyKind::Range),
+                    separator: b"/".to_vec(),
+                    replication: 3,
+                }),
+                concat!(
+                    r#"{"CreateKeyspace":{"name":"d","strategy":"directory","shards":2,"#,
+                    r#""split_points":[[109]],"vnodes":16,"fallback":"range","separator":[47],"#,
+                    r#""replication":3}}"#
+                ),
+            ),
+            (
+                MapChange::DropKeyspace { name: "d".into() },
+                r#"{"DropKeyspace":{"name":"d"}}"#,
+            ),
+            (
+                MapChange::SetDirectory {
+                    keyspace: "d".into(),
+                    directory: b"t".to_vec(),
+                    group: 3,
+                },
+                r#"{"SetDirectory":{"keyspace":"d","directory":[116],"group":3}}"#,
+            ),
+            (
+                MapChange::RemoveDirectory {
+                    keyspace: "d".into(),
+                    directory: b"t".to_vec(),
+                },
+                r#"{"RemoveDirectory":{"keyspace":"d","directory":[116]}}"#,
+            ),
+        ];
+        for (change, json) in vectors {
+            assert_eq!(serde_json::to_string(&change).unwrap(), json, "{CHANGED}");
+            let back: MapChange = serde_json::from_str(json).unwrap();
+            assert_eq!(back, change, "{CHANGED}");
+        }
+        for (kind, json) in [
+            (StrategyKind::Hash, r#""hash""#),
+            (StrategyKind::Range, r#""range""#),
+            (StrategyKind::Directory, r#""directory""#),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), json, "{CHANGED}");
+        }
+    }
+
     fn spec(name: &str, strategy: StrategyKind) -> KeyspaceSpec {
         KeyspaceSpec {
             name: name.into(),

@@ -515,6 +515,99 @@ mod tests {
         assert_eq!(map, back);
     }
 
+    /// A map with a keyspace of every strategy.
+    fn golden_map() -> ClusterMap {
+        let group = |id: GroupId, keyspace: &str| {
+            (
+                id,
+                GroupInfo {
+                    id,
+                    keyspace: keyspace.into(),
+                    replicas: vec![1],
+                },
+            )
+        };
+        let keyspace = |name: &str, strategy: Strategy, groups: Vec<GroupId>| {
+            (
+                name.to_string(),
+                Keyspace {
+                    name: name.into(),
+                    strategy,
+                    groups,
+                    replication: 1,
+                    epoch: 2,
+                },
+            )
+        };
+        ClusterMap {
+            epoch: 3,
+            nodes: BTreeMap::from([(
+                1,
+                NodeInfo {
+                    id: 1,
+                    addr: "a:1".into(),
+                },
+            )]),
+            groups: BTreeMap::from([group(0, ""), group(1, "h"), group(2, "r"), group(3, "d")]),
+            keyspaces: BTreeMap::from([
+                keyspace("h", Strategy::Hash { vnodes: 16 }, vec![1]),
+                keyspace(
+                    "r",
+                    Strategy::Range {
+                        split_points: vec![b"m".to_vec()],
+                    },
+                    vec![2, 1],
+                ),
+                keyspace(
+                    "d",
+                    Strategy::Directory {
+                        separator: b"/".to_vec(),
+                        fallback: Box::new(Strategy::Hash { vnodes: 16 }),
+                        entries: vec![DirectoryEntry {
+                            directory: b"t".to_vec(),
+                            group: 3,
+                        }],
+                    },
+                    vec![3],
+                ),
+            ]),
+            next_group_id: 4,
+        }
+    }
+
+    // The map as the meta group and every node's data dir store it.
+    const GOLDEN_MAP_JSON: &str = concat!(
+        r#"{"epoch":3,"nodes":{"1":{"id":1,"addr":"a:1"}},"#,
+        r#""groups":{"0":{"id":0,"keyspace":"","replicas":[1]},"#,
+        r#""1":{"id":1,"keyspace":"h","replicas":[1]},"#,
+        r#""2":{"id":2,"keyspace":"r","replicas":[1]},"#,
+        r#""3":{"id":3,"keyspace":"d","replicas":[1]}},"#,
+        r#""keyspaces":{"d":{"name":"d","strategy":{"kind":"directory","separator":[47],"#,
+        r#""fallback":{"kind":"hash","vnodes":16},"entries":[{"directory":[116],"group":3}]},"#,
+        r#""groups":[3],"replication":1,"epoch":2},"#,
+        r#""h":{"name":"h","strategy":{"kind":"hash","vnodes":16},"groups":[1],"#,
+        r#""replication":1,"epoch":2},"#,
+        r#""r":{"name":"r","strategy":{"kind":"range","split_points":[[109]]},"groups":[2,1],"#,
+        r#""replication":1,"epoch":2}},"next_group_id":4}"#,
+    );
+
+    #[test]
+    fn golden_cluster_map_json() {
+        // If this fails you changed a persisted format; existing data dirs would be misread
+        // (the meta group's stored map and every node's last seen map are this JSON).
+        const CHANGED: &str = "you changed a persisted format; existing data dirs would be misread";
+        let json = serde_json::to_string(&golden_map()).unwrap();
+        assert_eq!(json, GOLDEN_MAP_JSON, "{CHANGED}");
+        let back: ClusterMap = serde_json::from_str(GOLDEN_MAP_JSON).unwrap();
+        assert_eq!(back, golden_map(), "{CHANGED}");
+        // Maps from before `next_group_id` and keyspace epochs existed still read, as 0.
+        let old = r#"{"epoch":1,"nodes":{},"groups":{},"keyspaces":{"h":{"name":"h","#.to_string()
+            + r#""strategy":{"kind":"hash","vnodes":16},"groups":[],"replication":3}}}"#;
+        let old: ClusterMap = serde_json::from_str(&old).unwrap();
+        assert_eq!(old.next_group_id, 0, "{CHANGED}");
+        assert_eq!(old.keyspaces["h"].epoch, 0, "{CHANGED}");
+    }
+
     #[test]
     fn unknown_keyspace_is_an_error() {
         let map = CompiledMap::new(ClusterMap::bootstrap(&three(), 4, 3).unwrap()).unwrap();
