@@ -11,6 +11,10 @@ use crate::types::{GroupId, MapChangeRefused, NodeId};
 pub enum NodeError {
     #[error("shard group {0} is not hosted on this node")]
     UnknownGroup(GroupId),
+    /// The group is placed here but failed to start (a corrupt log segment, say): fenced off
+    /// until the node restarts, while its other replicas and the node's other groups serve.
+    #[error("shard group {group} failed on this node and is fenced off: {reason}")]
+    GroupFailed { group: GroupId, reason: String },
     #[error("not the leader of shard group {group}")]
     NotLeader {
         group: GroupId,
@@ -80,6 +84,9 @@ impl From<NodeError> for Status {
         let message = e.to_string();
         let (code, error_code) = match &e {
             NodeError::UnknownGroup(_) => (Code::NotFound, codes::UNKNOWN_GROUP),
+            // UNAVAILABLE, not INTERNAL: the group's other replicas can serve, and routers try
+            // the next replica on UNAVAILABLE.
+            NodeError::GroupFailed { .. } => (Code::Unavailable, codes::GROUP_FAILED),
             NodeError::NotLeader { .. } => (Code::Unavailable, codes::NOT_LEADER),
             NodeError::NoQuorum { .. } => (Code::Unavailable, codes::NO_QUORUM),
             NodeError::Lagging { .. } => (Code::Unavailable, codes::LAGGING),

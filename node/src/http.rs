@@ -1,5 +1,8 @@
-//! The small HTTP endpoint: `/health` (the process is up), `/ready` (it can serve: map known,
-//! every hosted group has a leader) and `/metrics` (Prometheus text).
+//! The small HTTP endpoint: `/health` (the process is up), `/ready` (it can serve: no group
+//! placed here failed, every hosted group has a leader) and `/metrics` (Prometheus text).
+//!
+//! A node with a failed group stays healthy (it serves its other groups) but not ready, and
+//! `/ready` says which group failed and why.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -28,11 +31,16 @@ pub async fn serve(
         .await
 }
 
-async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, &'static str) {
-    if node.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, String) {
+    match node.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => {
+            let mut body = String::from("not ready\n");
+            for line in why {
+                let _ = writeln!(body, "{line}");
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, body)
+        }
     }
 }
 
@@ -50,6 +58,22 @@ async fn metrics(State(node): State<Arc<Node>>) -> String {
         "kvnode_flush_waiters_total {}",
         node.flusher.stats.waiters.load(Ordering::Relaxed)
     );
+    let failed = node.failed_groups();
+    let _ = writeln!(
+        out,
+        "# HELP kvnode_groups_failed Shard groups placed on this node that failed to start \
+         (a corrupt file, say) and are fenced off until it restarts."
+    );
+    let _ = writeln!(out, "# TYPE kvnode_groups_failed gauge");
+    let _ = writeln!(out, "kvnode_groups_failed {}", failed.len());
+    let _ = writeln!(
+        out,
+        "# HELP kvnode_group_failed 1 for each shard group that failed to start on this node."
+    );
+    let _ = writeln!(out, "# TYPE kvnode_group_failed gauge");
+    for (g, _) in &failed {
+        let _ = writeln!(out, "kvnode_group_failed{{group=\"{g}\"}} 1");
+    }
     let _ = writeln!(out, "# TYPE kvnode_group_is_leader gauge");
     for g in node.groups() {
         let m = g.raft.metrics().borrow().clone();

@@ -60,6 +60,10 @@ struct Args {
     /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
     #[arg(long, env = "KVNODE_ELECTION_TIMEOUT_MS", default_value_t = 1_000)]
     election_timeout_ms: u64,
+    /// Size in bytes at which a group's Raft log segment file is closed and the next one
+    /// begins. Purged entries free their disk space a whole segment at a time.
+    #[arg(long, env = "KVNODE_LOG_SEGMENT_BYTES", default_value_t = kvnode::storage::SEGMENT_BYTES)]
+    log_segment_bytes: u64,
     /// sled page cache size in MiB.
     #[arg(long, env = "KVNODE_CACHE_MB", default_value_t = 256)]
     cache_mb: u64,
@@ -151,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         },
         cache_capacity_bytes: args.cache_mb * 1024 * 1024,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
+        log_segment_bytes: args.log_segment_bytes,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub cache_capacity_bytes: u64,
     /// How long a data request may wait for Raft (quorum, leadership) before `UNAVAILABLE`.
     pub request_timeout: Duration,
+    /// Size at which a group's log segment file is closed ([`crate::storage::SEGMENT_BYTES`]).
+    pub log_segment_bytes: u64,
 }
 
 /// Per-group Raft settings.
@@ -123,12 +125,18 @@ pub struct Node {
     map: watch::Sender<Arc<MapState>>,
     // std RwLock: the map of groups is read on every request and never held across an await.
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    /// Groups placed here that failed to start, with why. Fenced off until the node restarts
+    /// (starting again would meet the same corrupt file), so that one bad group neither stops
+    /// the node nor hides among the healthy ones: requests for it get
+    /// [`NodeError::GroupFailed`], and `/ready` and `/metrics` name it.
+    failed: RwLock<BTreeMap<GroupId, String>>,
     pub flusher: Flusher,
     /// Eventual writes waiting for their entry to be durable in this (leader's) log.
     acks: DurableAcks,
     db: sled::Db,
     node_tree: sled::Tree,
     data_dir: PathBuf,
+    log_segment_bytes: u64,
     tuning: RaftTuning,
     pool: PeerPool,
     /// Serializes group starts and stops.
@@ -175,16 +183,18 @@ impl Node {
             request_timeout: config.request_timeout,
             map: watch::channel(Arc::new(MapState::new(map)?)).0,
             groups: RwLock::new(HashMap::new()),
+            failed: RwLock::new(BTreeMap::new()),
             flusher,
             acks: DurableAcks::new(stored.id),
             db,
             node_tree,
             data_dir: config.data_dir.clone(),
+            log_segment_bytes: config.log_segment_bytes,
             tuning: config.raft,
             pool: PeerPool::default(),
             reconciling: tokio::sync::Mutex::new(()),
         });
-        node.reconcile().await?;
+        node.reconcile().await;
         if let Ok(meta) = node.group(META_GROUP) {
             node.load_meta_map(&meta);
             tokio::spawn(node.clone().store_initial_map(bootstrap, shutdown.clone()));
@@ -306,21 +316,33 @@ impl Node {
                 _ = shutdown.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
             }
-            if let Err(e) = self.reconcile().await {
-                tracing::error!(error = %e, "starting or stopping groups for the new map");
-            }
+            self.reconcile().await;
         }
     }
 
-    /// Starts the groups the map places here and stops those it no longer lists.
-    async fn reconcile(&self) -> Result<(), NodeError> {
+    /// Starts the groups the map places here and stops those it no longer lists. A group that
+    /// fails to start is recorded as failed ([`Node::failed_groups`]) and the others go on.
+    async fn reconcile(&self) {
         let _guard = self.reconciling.lock().await;
         let map = self.map();
         let wanted = map.compiled.map.groups_on(self.id);
         let running: Vec<GroupId> = self.groups().iter().map(|g| g.id).collect();
-        for g in &wanted {
-            if !running.contains(g) {
-                self.start_group(*g, &map.compiled.map).await?;
+        let failed: Vec<GroupId> = self.failed_groups().into_iter().map(|(g, _)| g).collect();
+        for &g in &wanted {
+            if running.contains(&g) || failed.contains(&g) {
+                continue;
+            }
+            if let Err(e) = self.start_group(g, &map.compiled.map).await {
+                tracing::error!(
+                    group = g,
+                    error = %e,
+                    "shard group failed to start: fenced off on this node until it restarts; \
+                     its other replicas and this node's other groups keep serving"
+                );
+                self.failed
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(g, e.to_string());
             }
         }
         for g in running {
@@ -328,7 +350,29 @@ impl Node {
                 self.drop_group(g).await;
             }
         }
-        Ok(())
+        for g in failed {
+            if !map.compiled.map.groups.contains_key(&g) {
+                self.failed
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&g);
+                self.remove_group_files(g);
+                tracing::info!(
+                    group = g,
+                    "removed the files of a dropped, failed shard group"
+                );
+            }
+        }
+    }
+
+    /// The groups placed here that failed to start, with why, by group id.
+    pub fn failed_groups(&self) -> Vec<(GroupId, String)> {
+        self.failed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(g, why)| (*g, why.clone()))
+            .collect()
     }
 
     async fn drop_group(&self, id: GroupId) {
@@ -343,6 +387,12 @@ impl Node {
         if let Err(e) = group.raft.shutdown().await {
             tracing::warn!(group = id, error = %e, "raft shutdown");
         }
+        self.remove_group_files(id);
+        tracing::info!(group = id, "stopped and removed a dropped shard group");
+    }
+
+    /// Deletes a group's trees and log files.
+    fn remove_group_files(&self, id: GroupId) {
         for tree in [
             keys::raft_tree(id),
             keys::data_tree(id),
@@ -357,7 +407,6 @@ impl Node {
         if let Err(e) = FileLog::remove_dir(&keys::log_dir(&self.data_dir, id)) {
             tracing::warn!(group = id, error = %e, "removing the log files");
         }
-        tracing::info!(group = id, "stopped and removed a dropped shard group");
     }
 
     async fn start_group(&self, group: GroupId, map: &ClusterMap) -> Result<(), NodeError> {
@@ -375,6 +424,10 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::BadRequest(format!("raft config: {e}")))?;
+        let replicas = map
+            .replicas(group)
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?
+            .to_vec();
         let sm = StateMachine::open(&self.db, group, self.flusher.clone())
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         let data = sm.data();
@@ -386,27 +439,29 @@ impl Node {
         let raft_config = Arc::new(raft_config);
         let dir = keys::log_dir(&self.data_dir, group);
         let mut log = FileLog::open(&self.db, &dir, group, flusher, acks)
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+            .map_err(|e| NodeError::Storage(e.to_string()))?
+            .with_segment_bytes(self.log_segment_bytes);
         let storage = |e: crate::types::StorageError| NodeError::Storage(e.to_string());
         let vote = log.read_vote().await.map_err(storage)?;
         let last = log.get_log_state().await.map_err(storage)?.last_log_id;
-        let restored = RestoredLeadership::at_startup(self.id, vote.as_ref(), last.map(|l| l.index));
+        let restored =
+            RestoredLeadership::at_startup(self.id, vote.as_ref(), last.map(|l| l.index));
         let raft = Raft::new(self.id, raft_config, network, log, sm)
             .await
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
-        let replicas = map
-            .replicas(group)
-            .map_err(|e| NodeError::BadRequest(e.to_string()))?
-            .to_vec();
         // Every replica of a new group may initialize it with the same membership, which
         // openraft documents as safe. The first replica listed does so at once and so usually
         // leads first (the map rotates first replicas, spreading leaders); the others wait a few
         // election timeouts, so a group whose first replica is down still forms. A replica whose
         // data dir was wiped must not re-initialize a group that already runs: it asks first.
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let initialized = match raft.is_initialized().await {
+            Ok(initialized) => initialized,
+            Err(e) => {
+                // Not handed out yet: stop it rather than leave it running unreachable.
+                let _ = raft.shutdown().await;
+                return Err(NodeError::Fatal(e.to_string()));
+            }
+        };
         if !initialized {
             let delay = if replicas.first() == Some(&self.id) {
                 Duration::ZERO
@@ -476,12 +531,26 @@ impl Node {
     }
 
     pub fn group(&self, id: GroupId) -> Result<Arc<Group>, NodeError> {
-        self.groups
+        if let Some(g) = self
+            .groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .cloned()
-            .ok_or(NodeError::UnknownGroup(id))
+        {
+            return Ok(g.clone());
+        }
+        match self
+            .failed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            Some(reason) => Err(NodeError::GroupFailed {
+                group: id,
+                reason: reason.clone(),
+            }),
+            None => Err(NodeError::UnknownGroup(id)),
+        }
     }
 
     pub fn groups(&self) -> Vec<Arc<Group>> {
@@ -496,11 +565,24 @@ impl Node {
         v
     }
 
-    /// Whether the node can serve: every group it hosts has a leader.
-    pub fn ready(&self) -> bool {
-        self.groups()
-            .iter()
-            .all(|g| g.raft.metrics().borrow().current_leader.is_some())
+    /// Whether the node can serve: no group placed here failed, and every group it hosts has a
+    /// leader. Otherwise why not, one line per group.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut why: Vec<String> = self
+            .failed_groups()
+            .into_iter()
+            .map(|(g, reason)| format!("shard group {g} failed: {reason}"))
+            .collect();
+        for g in self.groups() {
+            if g.raft.metrics().borrow().current_leader.is_none() {
+                why.push(format!("shard group {} has no leader", g.id));
+            }
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
     }
 
     /// Checks that a data request was routed with a current map and that its keys belong to

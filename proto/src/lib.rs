@@ -84,4 +84,7 @@ pub mod codes {
     pub const LAGGING: &str = "LAGGING";
     /// The replica has not heard from its leader within the read's max staleness.
     pub const STALE_REPLICA: &str = "STALE_REPLICA";
+    /// The group failed to start on this node (a corrupt file, say) and is fenced off here:
+    /// try another replica.
+    pub const GROUP_FAILED: &str = "GROUP_FAILED";
 }

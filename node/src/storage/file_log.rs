@@ -39,8 +39,8 @@ use super::{read_err, DurableAcks, Flusher};
 use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
 /// A segment that reaches this size is closed and the next append starts a new one, so that
-/// purged entries free their space in whole files.
-const SEGMENT_BYTES: u64 = 32 << 20;
+/// purged entries free their space in whole files. The default of `--log-segment-bytes`.
+pub const SEGMENT_BYTES: u64 = 32 << 20;
 const HEADER: usize = 8;
 /// Larger than any entry the node accepts (values are limited to a few MiB); a bigger length in
 /// a header is a torn or corrupt record, not an allocation to attempt.
@@ -164,6 +164,14 @@ impl FileLog {
             flusher,
             acks,
         })
+    }
+
+    /// Closes a segment once it reaches `bytes` instead of [`SEGMENT_BYTES`] (at least one
+    /// record each). Smaller segments give purged entries their space back sooner; tests use
+    /// them to have a log span many files.
+    pub fn with_segment_bytes(self, bytes: u64) -> FileLog {
+        self.lock().segment_bytes = bytes.max(1);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Segments> {

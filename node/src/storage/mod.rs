@@ -13,7 +13,7 @@ mod raft_meta;
 mod state_machine;
 
 pub use acks::{DurableAcks, PendingAck};
-pub use file_log::FileLog;
+pub use file_log::{FileLog, SEGMENT_BYTES};
 pub use flusher::{FlushStats, Flusher};
 pub use state_machine::{GroupData, StateMachine};
 
