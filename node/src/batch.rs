@@ -38,13 +38,15 @@ type Waiter<R, E> = oneshot::Sender<Result<R, E>>;
 struct Gathered<W, R, E> {
     writes: Vec<(W, Waiter<R, E>)>,
     keys: foldhash::HashSet<u64>,
+    bytes: usize,
 }
 
 /// What [`Batches::submit`] did with a request.
 pub enum Submitted<W, R, E> {
     /// The write went into a batch; this is its result.
     Done(Result<R, E>),
-    /// The gathering batch already touches one of its keys: propose it on its own.
+    /// The gathering batch already touches one of its keys, or has no room left for its
+    /// bytes: propose it on its own.
     Conflict(W),
 }
 
@@ -55,15 +57,25 @@ pub struct Batches<W, R, E> {
     gathering: Mutex<Option<Gathered<W, R, E>>>,
     slots: Arc<Semaphore>,
     keyed: foldhash::fast::RandomState,
+    /// A batch stops gathering at this many bytes (what [`Batches::submit`] is told each
+    /// write weighs), so that gathered writes stay under the Raft entry limit.
+    max_bytes: usize,
 }
 
 impl<W, R, E> Batches<W, R, E> {
-    /// Rounds of which at most `in_flight` run at once.
+    /// Rounds of which at most `in_flight` run at once, of any size.
     pub fn new(in_flight: usize) -> Self {
+        Self::with_byte_budget(in_flight, usize::MAX)
+    }
+
+    /// Rounds of which at most `in_flight` run at once, each gathering at most `max_bytes`
+    /// (a single write larger than that still gets a round of its own).
+    pub fn with_byte_budget(in_flight: usize, max_bytes: usize) -> Self {
         Batches {
             gathering: Mutex::new(None),
             slots: Arc::new(Semaphore::new(in_flight)),
             keyed: foldhash::fast::RandomState::default(),
+            max_bytes,
         }
     }
 
@@ -81,8 +93,9 @@ where
     R: Send + 'static,
     E: Clone + Send + 'static,
 {
-    /// Adds `write` (touching `keys`) to the gathering batch and waits for its result, or hands
-    /// it back when the batch already touches one of its keys. The caller that opens a
+    /// Adds `write` (touching `keys`, weighing `bytes`) to the gathering batch and waits for
+    /// its result, or hands it back when the batch already touches one of its keys or would
+    /// grow past the byte budget. The caller that opens a
     /// batch supplies `propose`, which runs in its own task (a cancelled request must not
     /// strand the others) once a slot is free, with every write gathered until then, and must
     /// return one result per write, in order. A batch that dies without answering (a panic)
@@ -91,6 +104,7 @@ where
         self: &Arc<Self>,
         write: W,
         keys: Vec<u64>,
+        bytes: usize,
         propose: F,
         lost: impl FnOnce() -> E,
     ) -> Submitted<W, R, E>
@@ -103,9 +117,11 @@ where
             let mut gathering = self.gathering.lock().unwrap_or_else(|p| p.into_inner());
             match &mut *gathering {
                 Some(batch) => {
-                    if keys.iter().any(|k| batch.keys.contains(k)) {
+                    let full = batch.bytes.saturating_add(bytes) > self.max_bytes;
+                    if full || keys.iter().any(|k| batch.keys.contains(k)) {
                         return Submitted::Conflict(write);
                     }
+                    batch.bytes += bytes;
                     batch.keys.extend(keys);
                     batch.writes.push((write, tx));
                     false
@@ -114,6 +130,7 @@ where
                     *gathering = Some(Gathered {
                         writes: vec![(write, tx)],
                         keys: keys.into_iter().collect(),
+                        bytes,
                     });
                     true
                 }
@@ -171,6 +188,7 @@ mod tests {
                     .submit(
                         i,
                         vec![batches.fingerprint(&i.to_be_bytes())],
+                        0,
                         move |writes: Vec<u32>| async move {
                             proposals.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -193,12 +211,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_that_would_overflow_the_byte_budget_is_handed_back() {
+        let batches: Arc<Batches<u32, u32, String>> =
+            Arc::new(Batches::with_byte_budget(WRITES_IN_FLIGHT, 100));
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let first = {
+            let batches = batches.clone();
+            tokio::spawn(async move {
+                batches
+                    .submit(
+                        1,
+                        vec![batches.fingerprint(b"a")],
+                        60,
+                        |w| async move {
+                            let _ = release_rx.await;
+                            Ok(w)
+                        },
+                        || "lost".into(),
+                    )
+                    .await
+            })
+        };
+        // The first write's round holds the only slot; the next ones gather behind it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = {
+            let batches = batches.clone();
+            tokio::spawn(async move {
+                batches
+                    .submit(
+                        2,
+                        vec![batches.fingerprint(b"b")],
+                        60,
+                        |w| async move { Ok(w) },
+                        || "lost".into(),
+                    )
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let third = batches
+            .submit(
+                3,
+                vec![batches.fingerprint(b"c")],
+                60,
+                |w| async move { Ok(w) },
+                || "lost".into(),
+            )
+            .await;
+        assert!(
+            matches!(third, Submitted::Conflict(3)),
+            "120 bytes do not fit a 100-byte round"
+        );
+        let _ = release_tx.send(());
+        assert!(matches!(first.await.unwrap(), Submitted::Done(Ok(1))));
+        assert!(matches!(second.await.unwrap(), Submitted::Done(Ok(2))));
+    }
+
+    #[tokio::test]
     async fn a_failed_batch_fails_every_member() {
         let batches: Arc<Batches<u32, u32, String>> = Arc::new(Batches::new(WRITES_IN_FLIGHT));
         let got = batches
             .submit(
                 1,
                 vec![batches.fingerprint(b"k")],
+                0,
                 |_| async { Err("no quorum".to_string()) },
                 || "lost".to_string(),
             )
@@ -220,6 +296,7 @@ mod tests {
                     .submit(
                         1,
                         vec![batches.fingerprint(b"k")],
+                        0,
                         |w| async move { Ok(w) },
                         || "lost".into(),
                     )
@@ -231,6 +308,7 @@ mod tests {
             .submit(
                 2,
                 vec![batches.fingerprint(b"k")],
+                0,
                 |w| async move { Ok(w) },
                 || "lost".into(),
             )
@@ -239,6 +317,7 @@ mod tests {
         let other_key = batches.submit(
             3,
             vec![batches.fingerprint(b"j")],
+            0,
             |w| async move { Ok(w) },
             || "lost".into(),
         );
@@ -263,6 +342,7 @@ mod tests {
                     .submit(
                         (),
                         Vec::new(),
+                        0,
                         move |w: Vec<()>| async move {
                             let _ = release_rx.await;
                             Ok(vec!["first round"; w.len()])
@@ -281,6 +361,7 @@ mod tests {
                     .submit(
                         (),
                         Vec::new(),
+                        0,
                         |w: Vec<()>| async move { Ok(vec!["second round"; w.len()]) },
                         || "lost".to_string(),
                     )

@@ -97,6 +97,9 @@ impl From<NodeError> for Status {
             NodeError::Invalid(LimitError::ValueTooLarge { .. }) => {
                 (Code::InvalidArgument, codes::INVALID_VALUE)
             }
+            NodeError::Invalid(LimitError::WriteTooLarge { .. }) => {
+                (Code::InvalidArgument, codes::WRITE_TOO_LARGE)
+            }
             NodeError::Invalid(LimitError::StartAfterEnd) => {
                 (Code::InvalidArgument, codes::INVALID_RANGE)
             }

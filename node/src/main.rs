@@ -73,6 +73,14 @@ struct Args {
     /// Largest value in bytes.
     #[arg(long, env = "KVNODE_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
     max_value_bytes: usize,
+    /// Largest write to one shard group (keys and values of one Raft entry) in bytes; strong
+    /// writes gathered into one entry stay under it too.
+    #[arg(long, env = "KVNODE_MAX_WRITE_BYTES", default_value_t = Limits::default().max_write_bytes)]
+    max_write_bytes: usize,
+    /// Bytes of log entries per AppendEntries message; a longer run of entries goes in several
+    /// (one entry alone may exceed it). Must stay under the Raft message limit.
+    #[arg(long, env = "KVNODE_RAFT_APPEND_BYTES", default_value_t = kvnode::network::DEFAULT_APPEND_BYTES)]
+    raft_append_bytes: usize,
     /// How long a request may wait for a quorum, in milliseconds, before UNAVAILABLE.
     #[arg(long, env = "KVNODE_REQUEST_TIMEOUT_MS", default_value_t = 4_000)]
     request_timeout_ms: u64,
@@ -146,11 +154,13 @@ async fn main() -> anyhow::Result<()> {
         limits: Limits {
             max_key_bytes: args.max_key_bytes,
             max_value_bytes: args.max_value_bytes,
+            max_write_bytes: args.max_write_bytes,
         },
         raft: RaftTuning {
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms: args.election_timeout_ms,
             snapshot_logs: args.snapshot_logs,
+            append_bytes: args.raft_append_bytes,
             max_logs_kept: args.max_logs_kept,
         },
         cache_capacity_bytes: args.cache_mb * 1024 * 1024,

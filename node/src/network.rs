@@ -15,25 +15,38 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, EntryPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::types::{GroupId, NodeId, TypeConfig};
+use crate::types::{Entry, GroupId, NodeId, TypeConfig};
 
 /// Largest Raft message: above the client limit, since an append carries many client writes.
 pub const RAFT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// Default bytes of entries per AppendEntries message: well under [`RAFT_MAX_MESSAGE_BYTES`]
+/// with room for a whole entry of the largest write on top.
+pub const DEFAULT_APPEND_BYTES: usize = 4 * 1024 * 1024;
+
 /// One lazily connected channel per peer address, shared by all groups. A tonic `Channel` is an
 /// HTTP/2 connection that multiplexes concurrent calls, so one per peer is enough.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerPool {
     // std Mutex: held only to look up or insert, never across an await.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Bytes of entries per AppendEntries message ([`fit_entries`]).
+    append_bytes: usize,
 }
 
 impl PeerPool {
+    pub fn new(append_bytes: usize) -> Self {
+        PeerPool {
+            channels: Arc::default(),
+            append_bytes,
+        }
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = map.get(addr) {
@@ -47,6 +60,29 @@ impl PeerPool {
             .connect_lazy();
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
+    }
+}
+
+/// How many of `entries`, from the first, fit in `budget` bytes: at least one, so that an entry
+/// larger than the budget still goes (alone). Sizes are those of the entries' keys and values
+/// plus a fixed overhead, cheap to sum on every append.
+pub fn fit_entries(entries: &[Entry], budget: usize) -> usize {
+    let mut used = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        used = used.saturating_add(entry_bytes(entry));
+        if used > budget && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
+/// The bytes an entry carries, roughly: keys and values, plus a fixed overhead per entry.
+fn entry_bytes(entry: &Entry) -> usize {
+    const OVERHEAD: usize = 64;
+    match &entry.payload {
+        EntryPayload::Normal(request) => OVERHEAD + request.bytes(),
+        EntryPayload::Blank | EntryPayload::Membership(_) => OVERHEAD,
     }
 }
 
@@ -139,7 +175,21 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        // openraft bounds an append by entry count only: 64 multi-MiB entries to a lagging
+        // follower would exceed the message limit on every retry, forever. Send the prefix that
+        // fits; the follower's success then only covers that prefix, which openraft takes as a
+        // partial success and continues from.
+        let mut rpc = rpc;
+        let fit = fit_entries(&rpc.entries, self.pool.append_bytes);
+        if fit == rpc.entries.len() {
+            return self.call(Rpc::Append, &rpc, &option).await;
+        }
+        rpc.entries.truncate(fit);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        match self.call(Rpc::Append, &rpc, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(
@@ -159,5 +209,37 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::types::{LogId, Op, Request};
+
+    fn entry(index: u64, value_bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request::Write {
+                ops: vec![Op::Put {
+                    key: b"k".to_vec(),
+                    value: vec![0; value_bytes],
+                    expected_version: None,
+                }],
+                dedup: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn appends_are_cut_at_the_byte_budget_but_never_empty() {
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1000)).collect();
+        assert_eq!(fit_entries(&entries, usize::MAX), 10);
+        assert_eq!(fit_entries(&entries, 3500), 3);
+        // One entry larger than the budget still goes, alone.
+        assert_eq!(fit_entries(&entries, 10), 1);
+        assert_eq!(fit_entries(&[], 10), 0);
     }
 }

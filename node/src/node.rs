@@ -60,6 +60,8 @@ pub struct RaftTuning {
     pub snapshot_logs: u64,
     /// Log entries kept behind a snapshot, so slightly lagging followers need no snapshot.
     pub max_logs_kept: u64,
+    /// Bytes of entries per AppendEntries message ([`crate::network::fit_entries`]).
+    pub append_bytes: usize,
 }
 
 impl Default for RaftTuning {
@@ -69,6 +71,7 @@ impl Default for RaftTuning {
             election_timeout_ms: 1_000,
             snapshot_logs: 10_000,
             max_logs_kept: 1_000,
+            append_bytes: crate::network::DEFAULT_APPEND_BYTES,
         }
     }
 }
@@ -190,8 +193,8 @@ impl Node {
             node_tree,
             data_dir: config.data_dir.clone(),
             log_segment_bytes: config.log_segment_bytes,
+            pool: PeerPool::new(config.raft.append_bytes),
             tuning: config.raft,
-            pool: PeerPool::default(),
             reconciling: tokio::sync::Mutex::new(()),
         });
         node.reconcile().await;
@@ -487,7 +490,10 @@ impl Node {
             freshness,
             restored: Arc::new(restored),
             reads: Arc::new(Batches::new(READS_IN_FLIGHT)),
-            writes: Arc::new(Batches::new(WRITES_IN_FLIGHT)),
+            writes: Arc::new(Batches::with_byte_budget(
+                WRITES_IN_FLIGHT,
+                self.limits.max_write_bytes,
+            )),
         });
         self.groups
             .write()
@@ -664,11 +670,13 @@ impl Node {
             .iter()
             .map(|op| group.writes.fingerprint(op.key()))
             .collect();
+        let bytes = write.ops.iter().map(Op::bytes).sum();
         let submitted = group
             .writes
             .submit(
                 write,
                 keys,
+                bytes,
                 move |writes| async move { node.propose_writes(&g, writes).await },
                 move || NodeError::Fatal(format!("a write batch of group {id} died")),
             )
@@ -862,6 +870,7 @@ impl Node {
             .submit(
                 (),
                 Vec::new(),
+                0,
                 move |reads| async move {
                     read_index_round(&raft, id, &restored, timeout).await?;
                     Ok(vec![(); reads.len()])

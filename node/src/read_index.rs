@@ -127,8 +127,14 @@ mod tests {
                 None
             );
         }
-        assert_eq!(RestoredLeadership::at_startup(1, None, Some(40)).floor(3), None);
-        assert_eq!(RestoredLeadership::at_startup(1, Some(&mine), None).floor(3), None);
+        assert_eq!(
+            RestoredLeadership::at_startup(1, None, Some(40)).floor(3),
+            None
+        );
+        assert_eq!(
+            RestoredLeadership::at_startup(1, Some(&mine), None).floor(3),
+            None
+        );
     }
 
     #[test]

@@ -171,6 +171,15 @@ impl NodeService {
                 "a write needs at least one operation".into(),
             ));
         }
+        let bytes: usize = ops
+            .iter()
+            .map(|op| match &op.op {
+                Some(write_op::Op::Put(p)) => p.key.len() + p.value.len(),
+                Some(write_op::Op::Delete(d)) => d.key.len(),
+                None => 0,
+            })
+            .sum();
+        self.node.limits.check_write_bytes(bytes)?;
         ops.into_iter()
             .map(|op| match op.op {
                 Some(write_op::Op::Put(p)) => {

@@ -52,6 +52,14 @@ impl Op {
         }
     }
 
+    /// The bytes of key and value, what [`shardmap::Limits::max_write_bytes`] counts.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Delete { key, .. } => key.len(),
+        }
+    }
+
     /// Whether the op carries an expected version.
     pub fn is_conditional(&self) -> bool {
         match self {
@@ -98,6 +106,20 @@ pub enum Request {
     /// one Raft round, one log append and one apply transaction for all of them. Each keeps its
     /// own request id and results.
     Writes { writes: Vec<SubWrite> },
+}
+
+impl Request {
+    /// The bytes of keys, values and maps the entry carries: what bounds AppendEntries
+    /// messages ([`crate::network::fit_entries`]).
+    pub fn bytes(&self) -> usize {
+        let ops = |ops: &[Op]| ops.iter().map(Op::bytes).sum::<usize>();
+        match self {
+            Request::Write { ops: o, .. } | Request::TrackedWrite { ops: o, .. } => ops(o),
+            Request::SetClusterMap { map_json, .. } => map_json.len(),
+            Request::ChangeMap { change_json, .. } => change_json.len(),
+            Request::Writes { writes } => writes.iter().map(|w| ops(&w.ops)).sum(),
+        }
+    }
 }
 
 /// One client write inside a [`Request::Writes`] batch.

@@ -34,18 +34,35 @@ pub use pb::kv::v1 as kv;
 /// `tcp_nodelay` only to listeners it binds itself, and a server handed a listener would
 /// otherwise hold back small responses until the peer's delayed ACK (40 ms on Linux): that was
 /// the whole p99 of strong writes, whose Raft rounds wait on such responses.
+///
+/// Accept errors never reach tonic, which retries them at once: out of file descriptors
+/// (`EMFILE`), every retry fails again immediately and the server spun at 100 % CPU. They are
+/// logged and retried after a pause that grows to a second, so the process keeps serving the
+/// connections it has until some close.
 pub fn nodelay_incoming(
     listener: tokio::net::TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures::stream::unfold(listener, |listener| async move {
-        let conn = listener.accept().await.map(|(stream, _)| {
-            // Only a latency setting: a socket that refuses it still works.
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((conn, listener))
+        let mut pause = ACCEPT_PAUSE_MIN;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    // Only a latency setting: a socket that refuses it still works.
+                    let _ = stream.set_nodelay(true);
+                    return Some((Ok(stream), listener));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "accept failed; pausing");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                }
+            }
+        }
     })
 }
+
+const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest gRPC message any of our servers or clients encode or decode.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -69,6 +86,8 @@ pub mod codes {
     pub const STALE_EPOCH: &str = "STALE_EPOCH";
     pub const INVALID_KEY: &str = "INVALID_KEY";
     pub const INVALID_VALUE: &str = "INVALID_VALUE";
+    /// One write to one shard group is over `--max-write-bytes`.
+    pub const WRITE_TOO_LARGE: &str = "WRITE_TOO_LARGE";
     pub const INVALID_RANGE: &str = "INVALID_RANGE";
     pub const UNKNOWN_KEYSPACE: &str = "UNKNOWN_KEYSPACE";
     pub const CONDITION_FAILED: &str = "CONDITION_FAILED";

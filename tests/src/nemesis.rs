@@ -304,7 +304,10 @@ async fn inject(
             tokio::time::sleep(down).await;
             cluster.routers_mut()[i].start()?;
             cluster.routers_mut()[i].wait_ready(ready).await?;
-            format!("kill -9 router {i}, restarted after {} ms", down.as_millis())
+            format!(
+                "kill -9 router {i}, restarted after {} ms",
+                down.as_millis()
+            )
         }
     };
     wait_all_leaders(cluster, groups).await?;

@@ -42,7 +42,11 @@ async fn run_and_check(options: ScheduleOptions) {
         writes >= 50 && reads >= 20,
         "too little work to mean anything: {writes} writes, {reads} reads"
     );
-    assert!(result.faults.len() >= 2, "too few faults injected: {:?}", result.faults);
+    assert!(
+        result.faults.len() >= 2,
+        "too few faults injected: {:?}",
+        result.faults
+    );
     canary(&result.operations);
 }
 

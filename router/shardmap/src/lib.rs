@@ -395,6 +395,9 @@ impl CompiledMap {
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Keys and values of one write to one group, which is one Raft entry: every replica holds
+    /// it in memory while it replicates and applies, so it is bounded like a message.
+    pub max_write_bytes: usize,
 }
 
 impl Default for Limits {
@@ -402,6 +405,7 @@ impl Default for Limits {
         Limits {
             max_key_bytes: 4 * 1024,
             max_value_bytes: 1024 * 1024,
+            max_write_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -415,6 +419,11 @@ pub enum LimitError {
     KeyTooLarge { len: usize, max: usize },
     #[error("value is {len} bytes, over the limit of {max} bytes")]
     ValueTooLarge { len: usize, max: usize },
+    #[error(
+        "a write of {len} bytes to one shard group is over the limit of {max} bytes (keys and \
+         values of one write, applied as one Raft entry): split the batch"
+    )]
+    WriteTooLarge { len: usize, max: usize },
     #[error("scan start is after scan end")]
     StartAfterEnd,
 }
@@ -438,6 +447,17 @@ impl Limits {
             return Err(LimitError::ValueTooLarge {
                 len: value.len(),
                 max: self.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The keys and values of one write to one group, `len` bytes in all.
+    pub fn check_write_bytes(&self, len: usize) -> Result<(), LimitError> {
+        if len > self.max_write_bytes {
+            return Err(LimitError::WriteTooLarge {
+                len,
+                max: self.max_write_bytes,
             });
         }
         Ok(())

@@ -70,7 +70,9 @@ fn prepare_binaries() -> anyhow::Result<()> {
         build.arg("--release");
     }
     build.current_dir(cluster_tests::bins::workspace_root());
-    let status = build.status().context("running cargo build for kvnode and kvrouter")?;
+    let status = build
+        .status()
+        .context("running cargo build for kvnode and kvrouter")?;
     anyhow::ensure!(status.success(), "building kvnode and kvrouter failed");
     std::env::set_var("KV_BIN_DIR", &dir);
     Ok(())
@@ -115,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 broken.push(seed);
             }
         }
-        if !(failed.is_empty() && broken.is_empty()) && !args.keep_going {
+        if (!failed.is_empty() || !broken.is_empty()) && !args.keep_going {
             break;
         }
     }
