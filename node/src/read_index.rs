@@ -46,13 +46,14 @@ impl RestoredLeadership {
         }
     }
 
-    /// The floor a read in `term` must reach, if any; lifts it once the term has moved on.
-    fn floor(&self, term: u64) -> Option<u64> {
+    /// The floor a read in the current term (asked of `term` only while a floor stands) must
+    /// reach, if any; lifts it once the term has moved on.
+    fn floor(&self, term: impl FnOnce() -> u64) -> Option<u64> {
         let index = self.index.load(Ordering::Acquire);
         if index == 0 {
             return None;
         }
-        if term != self.term.load(Ordering::Acquire) {
+        if term() != self.term.load(Ordering::Acquire) {
             self.index.store(0, Ordering::Release);
             return None;
         }
@@ -87,8 +88,7 @@ pub async fn read_index_round(
         Err(RaftError::APIError(e)) => return Err(no_quorum(e.to_string())),
         Err(RaftError::Fatal(e)) => return Err(NodeError::Fatal(e.to_string())),
     }
-    let term = raft.metrics().borrow().current_term;
-    let Some(floor) = restored.floor(term) else {
+    let Some(floor) = restored.floor(|| raft.metrics().borrow().current_term) else {
         return Ok(());
     };
     raft.wait(Some(timeout))
@@ -119,20 +119,20 @@ mod tests {
     fn only_a_committed_vote_for_itself_restores_leadership_with_a_floor() {
         let mine = vote(3, 1, true);
         let r = RestoredLeadership::at_startup(1, Some(&mine), Some(40));
-        assert_eq!(r.floor(3), Some(40));
+        assert_eq!(r.floor(|| 3), Some(40));
         // Someone else's leadership, or a candidacy that never won: an election follows.
         for v in [vote(3, 2, true), vote(3, 1, false)] {
             assert_eq!(
-                RestoredLeadership::at_startup(1, Some(&v), Some(40)).floor(3),
+                RestoredLeadership::at_startup(1, Some(&v), Some(40)).floor(|| 3),
                 None
             );
         }
         assert_eq!(
-            RestoredLeadership::at_startup(1, None, Some(40)).floor(3),
+            RestoredLeadership::at_startup(1, None, Some(40)).floor(|| 3),
             None
         );
         assert_eq!(
-            RestoredLeadership::at_startup(1, Some(&mine), None).floor(3),
+            RestoredLeadership::at_startup(1, Some(&mine), None).floor(|| 3),
             None
         );
     }
@@ -142,11 +142,11 @@ mod tests {
         let mine = vote(3, 1, true);
         let r = RestoredLeadership::at_startup(1, Some(&mine), Some(40));
         r.reached();
-        assert_eq!(r.floor(3), None);
+        assert_eq!(r.floor(|| 3), None);
         let r = RestoredLeadership::at_startup(1, Some(&mine), Some(40));
-        assert_eq!(r.floor(4), None);
+        assert_eq!(r.floor(|| 4), None);
         // Lifted for good: coming back to the old term number cannot happen, and must not
         // bring the floor back either.
-        assert_eq!(r.floor(3), None);
+        assert_eq!(r.floor(|| 3), None);
     }
 }
