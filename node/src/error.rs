@@ -38,6 +38,10 @@ pub enum NodeError {
         request: u64,
         current: u64,
     },
+    #[error("key {key:?} is fenced off in shard group {group} by a map change (in progress, or left unfinished: run it again): refresh the map")]
+    Fenced { group: GroupId, key: String },
+    #[error("shard group {group} holds the most fences it can ({max}): finish or abort the admin changes left unfinished")]
+    TooManyFences { group: GroupId, max: usize },
     #[error("key does not belong to shard group {group} under map epoch {epoch}: refresh the map")]
     WrongGroup { group: GroupId, epoch: u64 },
     #[error("{}", describe_refusal(.0))]
@@ -108,6 +112,8 @@ impl From<NodeError> for Status {
             NodeError::Storage(_) => (Code::Internal, "STORAGE"),
             NodeError::Fatal(_) => (Code::Unavailable, "SHUTTING_DOWN"),
             NodeError::StaleEpoch { .. } => (Code::Aborted, codes::STALE_EPOCH),
+            NodeError::Fenced { .. } => (Code::Aborted, codes::STALE_EPOCH),
+            NodeError::TooManyFences { .. } => (Code::ResourceExhausted, codes::TOO_MANY_FENCES),
             NodeError::WrongGroup { .. } => (Code::Aborted, codes::WRONG_GROUP),
             NodeError::MapChange(r) => match r {
                 MapChangeRefused::StaleEpoch { .. } => (Code::Aborted, codes::STALE_EPOCH),

@@ -35,6 +35,8 @@ pub const INSTALLING: &[u8] = b"installing";
 /// `storage::state_machine::Decided`).
 pub const JOURNAL: &[u8] = b"journal";
 pub const CLUSTER_MAP: &[u8] = b"cluster_map";
+/// In a group's `sm` tree: its fences (`Vec<types::Fence>`, bincode).
+pub const FENCES: &[u8] = b"fences";
 
 /// The sled database, under the data dir.
 pub fn db_dir(data_dir: &Path) -> PathBuf {

@@ -26,7 +26,10 @@ use crate::keys;
 use crate::network::{GroupNetwork, PeerPool};
 use crate::read_index::{read_index_round, RestoredLeadership};
 use crate::storage::{DurableAcks, FileLog, Flusher, GroupData, StateMachine};
-use crate::types::{Dedup, GroupId, NodeId, Op, OpResult, Raft, Request, Response, SubWrite};
+use crate::types::{
+    is_fenced, Dedup, FenceChange, FenceOutcome, GroupId, NodeId, Op, OpResult, Raft, Request,
+    Response, SubWrite, MAX_FENCES,
+};
 
 /// The longest an eventual read waits for its replica to catch up with the session token
 /// before refusing with `LAGGING` (the router then tries another replica).
@@ -671,6 +674,7 @@ impl Node {
             .map(|op| group.writes.fingerprint(op.key()))
             .collect();
         let bytes = write.ops.iter().map(Op::bytes).sum();
+        let count = write.ops.len();
         let submitted = group
             .writes
             .submit(
@@ -681,16 +685,49 @@ impl Node {
                 move || NodeError::Fatal(format!("a write batch of group {id} died")),
             )
             .await;
-        match submitted {
-            Submitted::Done(result) => result,
+        let results = match submitted {
+            Submitted::Done(result) => result?,
             // Another write of the same key is gathering: an entry of its own keeps the two
             // versions apart.
             Submitted::Conflict(write) => {
                 let mut results = self.propose_writes(group, vec![write]).await?;
                 results
                     .pop()
-                    .ok_or_else(|| NodeError::Storage("a write entry returned no results".into()))
+                    .ok_or_else(|| NodeError::Storage("a write entry returned no results".into()))?
             }
+        };
+        if is_fenced(count, &results) {
+            return Err(self.fenced_error(group, None));
+        }
+        Ok(results)
+    }
+
+    /// The answer to a write refused by a fence of `group`, naming the fenced key if known.
+    pub fn fenced_error(&self, group: &Group, key: Option<&[u8]>) -> NodeError {
+        NodeError::Fenced {
+            group: group.id,
+            key: key.map_or_else(
+                || "of the write".to_string(),
+                |k| String::from_utf8_lossy(k).into_owned(),
+            ),
+        }
+    }
+
+    /// Raises or lifts a fence through `group`'s log (see [`crate::types::Fence`]).
+    pub async fn fence(
+        &self,
+        group: &Group,
+        change: FenceChange,
+    ) -> Result<FenceOutcome, NodeError> {
+        match self.write(group, Request::Fence(change)).await? {
+            Response::Fenced(o) if o.full => Err(NodeError::TooManyFences {
+                group: group.id,
+                max: MAX_FENCES,
+            }),
+            Response::Fenced(o) => Ok(o),
+            other => Err(NodeError::Storage(format!(
+                "unexpected apply result {other} for a fence"
+            ))),
         }
     }
 
@@ -756,6 +793,9 @@ impl Node {
                 res = &mut applied, if apply_open => match res {
                     // Committed and applied before the durable acknowledgement was seen.
                     Ok(Ok(r)) => match r.data {
+                        Response::Write(results) if is_fenced(count, &results) => {
+                            return Err(self.fenced_error(group, None));
+                        }
                         Response::Write(results) => return Ok(results),
                         other => {
                             return Err(NodeError::Storage(format!(

@@ -15,11 +15,11 @@ use kv_proto::node::node_call_result::Result as Outcome;
 use kv_proto::node::node_server::Node as NodeApi;
 use kv_proto::node::raft_server::Raft as RaftApi;
 use kv_proto::node::{
-    write_op, GetClusterMapRequest, GetClusterMapResponse, GroupStatus, GroupStatusRequest,
-    GroupStatusResponse, NodeCall, NodeCallResult, NodeMultiRequest, NodeMultiResponse,
-    NodeScanRequest, NodeScanResponse, ProposeMapChangeRequest, ProposeMapChangeResponse,
-    RaftReply, RaftRequest, ReadRequest, ReadResponse, ReadResult, WatchClusterMapRequest,
-    WriteRequest, WriteResponse, WriteResult,
+    write_op, FenceRequest, FenceResponse, GetClusterMapRequest, GetClusterMapResponse,
+    GroupStatus, GroupStatusRequest, GroupStatusResponse, NodeCall, NodeCallResult,
+    NodeMultiRequest, NodeMultiResponse, NodeScanRequest, NodeScanResponse,
+    ProposeMapChangeRequest, ProposeMapChangeResponse, RaftReply, RaftRequest, ReadRequest,
+    ReadResponse, ReadResult, WatchClusterMapRequest, WriteRequest, WriteResponse, WriteResult,
 };
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
@@ -33,7 +33,9 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::error::NodeError;
 use crate::keys;
 use crate::node::{Group, Node};
-use crate::types::{Dedup, NodeId, Op, SubWrite, TypeConfig, MAX_REQUEST_ID_BYTES};
+use crate::types::{
+    Dedup, Fence, FenceChange, NodeId, Op, SubWrite, TypeConfig, MAX_REQUEST_ID_BYTES,
+};
 
 /// Scan results per group when the request sets no limit, and the most it may ask for.
 pub const DEFAULT_SCAN_LIMIT: usize = 1_000;
@@ -77,6 +79,11 @@ impl NodeService {
         self.node
             .check_routing(group.id, req.epoch, ops.iter().map(|op| op.key()))
             .await?;
+        // A fence seen already refuses at once. One raised meanwhile still refuses at apply,
+        // except that an eventual write may be acknowledged before it is applied.
+        if let Some(key) = group.data.fenced(ops.iter().map(|op| op.key())) {
+            return Err(self.node.fenced_error(&group, Some(key)));
+        }
         let dedup = dedup_of(&req.request_id)?;
         // A conditional write's outcome is only known at apply: always strong.
         let conditional = ops.iter().any(Op::is_conditional);
@@ -377,6 +384,41 @@ impl NodeApi for NodeService {
         Ok(GrpcResponse::new(ProposeMapChangeResponse {
             epoch: map.epoch(),
             map_json: map.json.clone().into(),
+        }))
+    }
+
+    async fn fence(
+        &self,
+        request: Request<FenceRequest>,
+    ) -> Result<GrpcResponse<FenceResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.node.group(req.group_id)?;
+        self.node
+            .limits
+            .check_range(&req.start, &req.end)
+            .map_err(NodeError::from)?;
+        self.node
+            .check_routing(group.id, req.epoch, std::iter::empty())
+            .await?;
+        let change = if req.raise {
+            FenceChange::Raise(Fence {
+                start: req.start.to_vec(),
+                end: req.end.to_vec(),
+                epoch: req.fence_epoch,
+                tag: req.tag,
+            })
+        } else {
+            FenceChange::Lift {
+                start: req.start.to_vec(),
+                end: req.end.to_vec(),
+                older_than: req.fence_epoch,
+                tag: req.tag,
+            }
+        };
+        let outcome = self.node.fence(&group, change).await?;
+        Ok(GrpcResponse::new(FenceResponse {
+            holds_keys: outcome.holds_keys,
+            fences: outcome.fences.len() as u32,
         }))
     }
 

@@ -106,6 +106,96 @@ pub enum Request {
     /// one Raft round, one log append and one apply transaction for all of them. Each keeps its
     /// own request id and results.
     Writes { writes: Vec<SubWrite> },
+    /// Raises or lifts fences on key ranges of this group (see [`Fence`]): how an admin change
+    /// that moves keys away from a group decides, in the group's own log, which writes it
+    /// accounts for.
+    Fence(FenceChange),
+}
+
+/// A key range of a group that refuses writes from the log position of the entry that raised
+/// it: every write is either applied before the fence (and then seen by the emptiness check
+/// the fence answers) or refused after it with `STALE_EPOCH`, and retried by the router under
+/// the map that moved the range. Raised by an admin change proposed against map `epoch`; `tag`
+/// names that change, so that the change, refused, lifts its own fences and no one else's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    #[serde(with = "serde_bytes")]
+    pub start: Vec<u8>,
+    /// Exclusive; empty: no bound.
+    #[serde(with = "serde_bytes")]
+    pub end: Vec<u8>,
+    pub epoch: u64,
+    pub tag: u64,
+}
+
+impl Fence {
+    pub fn covers(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+
+    /// Whether the fence lies within `[start, end)` (`end` empty: no bound).
+    fn within(&self, start: &[u8], end: &[u8]) -> bool {
+        self.start.as_slice() >= start
+            && (end.is_empty() || (!self.end.is_empty() && self.end.as_slice() <= end))
+    }
+}
+
+/// What a [`Request::Fence`] entry does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FenceChange {
+    /// Refuse writes to the fence's range from this entry on, and tell whether the range
+    /// holds keys at this position.
+    Raise(Fence),
+    /// Remove the fences within `[start, end)` raised against a map older than `older_than`
+    /// (their changes have committed or never will), and those tagged `tag` (non-zero).
+    Lift {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+        older_than: u64,
+        tag: u64,
+    },
+}
+
+/// Most fences a group keeps: each is an admin change in progress or a range moved away, so
+/// reaching this means changes are left unfinished.
+pub const MAX_FENCES: usize = 1024;
+
+impl FenceChange {
+    /// The fences after this change is applied to `fences`, or `None` when a raise would pass
+    /// [`MAX_FENCES`].
+    pub fn apply(&self, fences: &[Fence]) -> Option<Vec<Fence>> {
+        match self {
+            FenceChange::Raise(f) => {
+                if fences.contains(f) {
+                    return Some(fences.to_vec());
+                }
+                if fences.len() >= MAX_FENCES {
+                    return None;
+                }
+                let mut next = fences.to_vec();
+                next.push(f.clone());
+                Some(next)
+            }
+            FenceChange::Lift {
+                start,
+                end,
+                older_than,
+                tag,
+            } => Some(
+                fences
+                    .iter()
+                    .filter(|f| {
+                        let lifted = f.within(start, end)
+                            && (f.epoch < *older_than || (*tag != 0 && f.tag == *tag));
+                        !lifted
+                    })
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
 }
 
 impl Request {
@@ -118,6 +208,8 @@ impl Request {
             Request::SetClusterMap { map_json, .. } => map_json.len(),
             Request::ChangeMap { change_json, .. } => change_json.len(),
             Request::Writes { writes } => writes.iter().map(|w| ops(&w.ops)).sum(),
+            Request::Fence(FenceChange::Raise(f)) => f.start.len() + f.end.len(),
+            Request::Fence(FenceChange::Lift { start, end, .. }) => start.len() + end.len(),
         }
     }
 }
@@ -160,6 +252,12 @@ impl fmt::Display for Request {
             Request::ChangeMap { expected_epoch, .. } => {
                 write!(f, "change_map(expected epoch {expected_epoch})")
             }
+            Request::Fence(FenceChange::Raise(fence)) => {
+                write!(f, "fence(raise, epoch {})", fence.epoch)
+            }
+            Request::Fence(FenceChange::Lift { older_than, .. }) => {
+                write!(f, "fence(lift, older than {older_than})")
+            }
         }
     }
 }
@@ -191,6 +289,30 @@ pub enum Response {
     Writes(Vec<Vec<OpResult>>),
     /// The outcome of a [`Request::ChangeMap`]: the new epoch, or why nothing changed.
     MapChanged(Result<u64, MapChangeRefused>),
+    /// The outcome of a [`Request::Fence`].
+    Fenced(FenceOutcome),
+}
+
+/// What a [`Request::Fence`] entry did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceOutcome {
+    /// The group's fences after the entry (unchanged when `full`).
+    pub fences: Vec<Fence>,
+    /// A raise: whether the fenced range held a key at the entry's position.
+    pub holds_keys: bool,
+    /// A raise refused: the group already has [`MAX_FENCES`].
+    pub full: bool,
+}
+
+/// The results of a write refused by a fence: none. Every write carries at least one op (the
+/// node refuses empty writes), so no applied write has an empty result list.
+pub fn fenced_results() -> Vec<OpResult> {
+    Vec::new()
+}
+
+/// Whether `results` of a write of `ops` mean a fence refused it ([`fenced_results`]).
+pub fn is_fenced(ops: usize, results: &[OpResult]) -> bool {
+    ops > 0 && results.is_empty()
 }
 
 /// Why the meta group refused a map change. Decided in the state machine, so every replica
@@ -217,6 +339,13 @@ impl fmt::Display for Response {
             Response::Writes(r) => write!(f, "writes({} writes)", r.len()),
             Response::ClusterMap { stored } => write!(f, "cluster_map(stored: {stored})"),
             Response::MapChanged(r) => write!(f, "map_changed({r:?})"),
+            Response::Fenced(o) => write!(
+                f,
+                "fenced({} fences, holds keys: {}, full: {})",
+                o.fences.len(),
+                o.holds_keys,
+                o.full
+            ),
         }
     }
 }
@@ -389,6 +518,80 @@ mod tests {
         );
     }
 
+    fn fence() -> Fence {
+        Fence {
+            start: b"a".to_vec(),
+            end: b"b".to_vec(),
+            epoch: 2,
+            tag: 3,
+        }
+    }
+
+    /// `fence()` encoded: start and end (bytes), epoch, tag.
+    const FENCE: &str = "0100000000000000 61 0100000000000000 62 0200000000000000 0300000000000000";
+
+    #[test]
+    fn golden_request_fence() {
+        // If this fails you changed a persisted format; existing data dirs would be misread.
+        assert_bincode(
+            &Request::Fence(FenceChange::Raise(fence())),
+            &format!("05000000 00000000 {FENCE}"),
+        );
+        assert_bincode(
+            &Request::Fence(FenceChange::Lift {
+                start: b"a".to_vec(),
+                end: Vec::new(),
+                older_than: 4,
+                tag: 0,
+            }),
+            "05000000 01000000 0100000000000000 61 0000000000000000
+             0400000000000000 0000000000000000",
+        );
+    }
+
+    #[test]
+    fn fences_cover_their_range_and_lift_by_epoch_or_tag() {
+        let f = |start: &str, end: &str, epoch, tag| Fence {
+            start: start.into(),
+            end: end.into(),
+            epoch,
+            tag,
+        };
+        let all = f("", "", 1, 1);
+        assert!(all.covers(b"") && all.covers(b"zzz"));
+        let d = f("d/", "d0", 3, 7);
+        assert!(d.covers(b"d/") && d.covers(b"d/x") && !d.covers(b"d0") && !d.covers(b"c"));
+
+        let fences = vec![all.clone(), d.clone()];
+        // Raising is idempotent.
+        let raised = FenceChange::Raise(d.clone()).apply(&fences).unwrap();
+        assert_eq!(raised, fences);
+        let lift = |start: &str, end: &str, older_than, tag| FenceChange::Lift {
+            start: start.into(),
+            end: end.into(),
+            older_than,
+            tag,
+        };
+        // Only fences within the range, and only older ones or the tagged one.
+        assert_eq!(lift("d/", "d0", 3, 0).apply(&fences).unwrap(), fences);
+        assert_eq!(
+            lift("d/", "d0", 4, 0).apply(&fences).unwrap(),
+            vec![all.clone()]
+        );
+        assert_eq!(
+            lift("d/", "d0", 0, 7).apply(&fences).unwrap(),
+            vec![all.clone()]
+        );
+        assert_eq!(lift("", "", 2, 0).apply(&fences).unwrap(), vec![d.clone()]);
+        assert_eq!(
+            lift("a", "", 9, 0).apply(&fences).unwrap(),
+            vec![all.clone()]
+        );
+        // A group holds at most MAX_FENCES.
+        let full: Vec<Fence> = (0..MAX_FENCES as u64).map(|i| f("x", "y", i, i)).collect();
+        assert_eq!(FenceChange::Raise(f("x", "y", 0, 9999)).apply(&full), None);
+    }
+
     fn result() -> OpResult {
         OpResult {
             version: 7,
@@ -426,6 +629,15 @@ mod tests {
         assert_bincode(
             &Response::MapChanged(Err(MapChangeRefused::NoMap)),
             "04000000 01000000 04000000",
+        );
+        // fences, holds_keys, full.
+        assert_bincode(
+            &Response::Fenced(FenceOutcome {
+                fences: vec![fence()],
+                holds_keys: true,
+                full: false,
+            }),
+            &format!("05000000 0100000000000000 {FENCE} 01 00"),
         );
     }
 

@@ -106,4 +106,6 @@ pub mod codes {
     /// The group failed to start on this node (a corrupt file, say) and is fenced off here:
     /// try another replica.
     pub const GROUP_FAILED: &str = "GROUP_FAILED";
+    /// A group holds the most fences it can: admin changes were left unfinished.
+    pub const TOO_MANY_FENCES: &str = "TOO_MANY_FENCES";
 }

@@ -97,6 +97,14 @@ pub enum RouterError {
         /// What was asked: "moving it" or "removing its entry".
         action: &'static str,
     },
+    /// An admin change committed, but a group it gave keys to still refuses writes to them
+    /// (the fence it held from an earlier change could not be lifted).
+    #[error("the change committed at map epoch {epoch}, but shard group {group} still refuses writes to the keys it now owns ({reason}): run the same command again to finish it")]
+    Unfinished {
+        epoch: u64,
+        group: GroupId,
+        reason: String,
+    },
     /// A node answered with something that does not fit the protocol.
     #[error("bad response from shard group {group}: {reason}")]
     BadResponse { group: GroupId, reason: String },
@@ -170,7 +178,8 @@ impl RouterError {
             RouterError::ConditionFailed { .. } => Code::FailedPrecondition,
             RouterError::NotReady
             | RouterError::Unavailable { .. }
-            | RouterError::TooStale { .. } => Code::Unavailable,
+            | RouterError::TooStale { .. }
+            | RouterError::Unfinished { .. } => Code::Unavailable,
             RouterError::Node { code, .. } => *code,
             RouterError::Map(MapError::UnknownGroup(_)) => Code::Unavailable,
             RouterError::Remap { .. } => Code::Aborted,

@@ -13,10 +13,10 @@ use futures::Stream;
 use kv_proto::kv::KeyValue;
 use kv_proto::node::node_server::{Node, NodeServer};
 use kv_proto::node::{
-    write_op, GetClusterMapRequest, GetClusterMapResponse, GroupStatusRequest, GroupStatusResponse,
-    NodeScanRequest, NodeScanResponse, ProposeMapChangeRequest, ProposeMapChangeResponse,
-    ReadRequest, ReadResponse, ReadResult, WatchClusterMapRequest, WriteRequest, WriteResponse,
-    WriteResult,
+    write_op, FenceRequest, FenceResponse, GetClusterMapRequest, GetClusterMapResponse,
+    GroupStatusRequest, GroupStatusResponse, NodeScanRequest, NodeScanResponse,
+    ProposeMapChangeRequest, ProposeMapChangeResponse, ReadRequest, ReadResponse, ReadResult,
+    WatchClusterMapRequest, WriteRequest, WriteResponse, WriteResult,
 };
 use kv_proto::{codes, meta};
 use shardmap::{ClusterMap, CompiledMap, GroupId, MapChange, MapError, NodeId};
@@ -31,6 +31,22 @@ use tonic::{Code, Request, Response, Status};
 /// One group's keys: value and version.
 pub type GroupData = BTreeMap<Bytes, (Bytes, u64)>;
 
+/// A fence as a real group keeps it (see the node's `types::Fence`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeFence {
+    pub group: GroupId,
+    pub start: Bytes,
+    pub end: Bytes,
+    pub epoch: u64,
+    pub tag: u64,
+}
+
+impl FakeFence {
+    fn covers(&self, key: &[u8]) -> bool {
+        key >= &self.start[..] && (self.end.is_empty() || key < &self.end[..])
+    }
+}
+
 /// State shared by every fake node.
 #[derive(Debug)]
 pub struct Shared {
@@ -44,8 +60,10 @@ pub struct Shared {
     pub map: watch::Sender<Option<CompiledMap>>,
     /// Data requests received, by any node.
     pub calls: AtomicU64,
-    /// The groups scanned, in the order the scans arrived.
+    /// The groups scanned or fenced (an emptiness check), in the order the calls arrived.
     pub scans: Mutex<Vec<GroupId>>,
+    /// Fences raised, as a real group keeps them: (group, start, end, epoch, tag).
+    pub fences: Mutex<Vec<FakeFence>>,
     /// Map changes proposed (accepted or not).
     pub proposals: AtomicU64,
     /// Nodes that refuse eventual reads carrying a session token, as `LAGGING`.
@@ -66,6 +84,7 @@ impl Default for Shared {
             map: watch::Sender::new(None),
             calls: AtomicU64::new(0),
             scans: Mutex::default(),
+            fences: Mutex::default(),
             proposals: AtomicU64::new(0),
             lagging: Mutex::default(),
             stale: Mutex::default(),
@@ -177,6 +196,16 @@ impl Node for FakeNode {
             })
             .collect();
         self.check_routing(req.group_id, req.epoch, &keys)?;
+        let fenced = self
+            .shared
+            .fences
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|f| f.group == req.group_id && keys.iter().any(|k| f.covers(k)));
+        if fenced {
+            return Err(status(Code::Aborted, codes::STALE_EPOCH));
+        }
         let mut all = self.shared.data.lock().unwrap();
         let data = all.entry(req.group_id).or_default();
         let index = self.shared.index.fetch_add(1, Ordering::Relaxed) + 1;
@@ -343,6 +372,50 @@ impl Node for FakeNode {
         });
         let updates = futures::StreamExt::take_until(updates, self.stop.clone().cancelled_owned());
         Ok(Response::new(Box::pin(updates)))
+    }
+
+    async fn fence(
+        &self,
+        request: Request<FenceRequest>,
+    ) -> Result<Response<FenceResponse>, Status> {
+        self.check_leader()?;
+        let req = request.into_inner();
+        self.check_routing(req.group_id, req.epoch, [])?;
+        let mut fences = self.shared.fences.lock().unwrap();
+        let mut holds_keys = false;
+        if req.raise {
+            self.shared.scans.lock().unwrap().push(req.group_id);
+            let fence = FakeFence {
+                group: req.group_id,
+                start: req.start,
+                end: req.end,
+                epoch: req.fence_epoch,
+                tag: req.tag,
+            };
+            let all = self.shared.data.lock().unwrap();
+            holds_keys = all
+                .get(&req.group_id)
+                .is_some_and(|data| data.keys().any(|k| fence.covers(k)));
+            if !fences.contains(&fence) {
+                fences.push(fence);
+            }
+        } else {
+            let within = |f: &FakeFence| {
+                f.start >= req.start
+                    && (req.end.is_empty() || (!f.end.is_empty() && f.end <= req.end))
+            };
+            fences.retain(|f| {
+                let lifted = f.group == req.group_id
+                    && within(f)
+                    && (f.epoch < req.fence_epoch || (req.tag != 0 && f.tag == req.tag));
+                !lifted
+            });
+        }
+        let count = fences.iter().filter(|f| f.group == req.group_id).count();
+        Ok(Response::new(FenceResponse {
+            holds_keys,
+            fences: count as u32,
+        }))
     }
 
     async fn propose_map_change(

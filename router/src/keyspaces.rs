@@ -8,11 +8,16 @@
 //!
 //! Before proposing, a change is checked against the cached map with the rules the meta group
 //! applies ([`shardmap::ClusterMap::apply`]), so a bad request fails fast and with the same
-//! message. What a pure function cannot check the router checks with the data itself: a
-//! keyspace to drop, and a directory to move or remove, must hold no keys where the change
-//! would strand them (a strong scan with limit 1 on each group concerned). Those checks are
-//! made under one map epoch and the change is proposed with that epoch as `expected_epoch`; if
-//! the map moved meanwhile the meta group answers `STALE_EPOCH` and everything is checked again.
+//! message. What a pure function cannot check is decided where the data is: a keyspace to
+//! drop, and a directory to move or remove, must hold no keys where the change would strand
+//! them. Each group concerned raises a fence on those keys in its own Raft log and answers
+//! whether it held any at that position; from the fence on it refuses writes to them with
+//! `STALE_EPOCH`, so every write is either counted by the check or retried by its router under
+//! the new map, never lost in between. The change is proposed with the checked map's epoch as
+//! `expected_epoch` (a moved map: everything again), a refused change lifts its fences, and a
+//! committed one has the keys' new owners lift older fences on them. A change interrupted
+//! after its fences leaves those keys refusing writes until it is run again.
+//! `docs/consistency.md` ("Admin changes") has the argument.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use kv_proto::kv::{
     GetDirectoryResponse, KeyspaceInfo, ListDirectoryResponse, ListKeyspacesResponse,
     LocateResponse, RemoveDirectoryResponse, SetDirectoryResponse, ShardGroup,
 };
-use kv_proto::node::{NodeScanRequest, ProposeMapChangeRequest};
+use kv_proto::node::{FenceRequest, ProposeMapChangeRequest};
 use shardmap::{
     keyspace_name, prefix_end, ClusterMap, CompiledMap, GroupId, KeyspaceSpec, MapChange, MapError,
     NodeId, Placement, Strategy, StrategyKind, META_GROUP,
@@ -34,9 +39,6 @@ use tokio::time::Instant;
 use crate::error::RouterError;
 use crate::pool::NodeConn;
 use crate::routing::{timed, Rerouting, Router};
-
-/// `Consistency::Strong` as sent on the wire.
-const STRONG: i32 = pb::Consistency::Strong as i32;
 
 /// The `shardmap` spec for a `CreateKeyspace` request: strategy and fallback parsed by name.
 pub fn spec_from_proto(spec: &pb::KeyspaceSpec) -> Result<KeyspaceSpec, MapError> {
@@ -145,13 +147,55 @@ pub fn keyspace_info(
     Ok(info)
 }
 
-/// The key prefix of `directory` in a directory keyspace with `separator`, and the end of the
-/// range of keys under it (empty: unbounded).
-fn directory_range(directory: &[u8], separator: &[u8]) -> (Bytes, Bytes) {
-    let mut prefix = directory.to_vec();
-    prefix.extend_from_slice(separator);
-    let end = prefix_end(&prefix);
-    (Bytes::from(prefix), Bytes::from(end))
+/// A range of keys `[start, end)` of a group (`end` empty: unbounded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyRange {
+    start: Bytes,
+    end: Bytes,
+}
+
+impl KeyRange {
+    fn all() -> KeyRange {
+        KeyRange {
+            start: Bytes::new(),
+            end: Bytes::new(),
+        }
+    }
+
+    /// The keys under `directory` in a directory keyspace with `separator`.
+    fn directory(directory: &[u8], separator: &[u8]) -> KeyRange {
+        let mut prefix = directory.to_vec();
+        prefix.extend_from_slice(separator);
+        let end = prefix_end(&prefix);
+        KeyRange {
+            start: Bytes::from(prefix),
+            end: Bytes::from(end),
+        }
+    }
+}
+
+/// What a change takes away from groups, for [`Router::change_checked`].
+struct Fencing {
+    /// The groups that must hold no key in `range` for the change to go ahead.
+    fence: Vec<GroupId>,
+    range: KeyRange,
+    /// The groups that own `range` once the change is made.
+    owners_after: Vec<GroupId>,
+    /// The refusal when `group` holds keys in `range`.
+    refuse: Box<dyn Fn(GroupId) -> RouterError + Send + Sync>,
+}
+
+/// Names a change proposed against map `epoch` in the fences it raises: the same for the same
+/// change at the same epoch, so a change run again after an interruption lifts, when it is
+/// refused, the fences its first run left. FNV-1a, stable across builds.
+fn fence_tag(change: &MapChange, epoch: u64) -> u64 {
+    let json = serde_json::to_vec(change).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json.iter().chain(&epoch.to_le_bytes()) {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash | 1
 }
 
 /// A directory as shown in messages.
@@ -275,45 +319,81 @@ impl Router {
             .map_err(admin_error)
     }
 
-    /// The first of `groups` (in their order) holding a key in `[start, end)`, asked in
-    /// parallel with a strong scan of limit 1 on each group's leader.
-    async fn first_holding(
+    /// Raises a fence on `[start, end)` in each of `groups`, for a change proposed against
+    /// map `epoch` and named by `tag`; the first group (in their order) whose range held a key
+    /// at its fence's log position.
+    async fn raise_fences(
         &self,
         groups: &[GroupId],
         epoch: u64,
-        start: &Bytes,
-        end: &Bytes,
+        tag: u64,
+        range: &KeyRange,
         deadline: Instant,
     ) -> Result<Option<GroupId>, RouterError> {
-        let scans = groups.iter().map(|&group| {
-            let request = NodeScanRequest {
-                group_id: group,
-                epoch,
-                consistency: STRONG,
-                start: start.clone(),
-                end: end.clone(),
-                limit: 1,
-                keys_only: true,
-                ..Default::default()
-            };
-            async move {
-                let response = self
-                    .call(group, epoch, deadline, |conn: Arc<NodeConn>, budget| {
-                        let mut client = conn.client.clone();
-                        let request = timed(request.clone(), budget);
-                        async move { client.scan(request).await }
-                    })
-                    .await?;
-                Ok::<_, RouterError>((group, !response.kvs.is_empty()))
-            }
-        });
-        let found = try_join_all(scans).await?;
-        Ok(found.into_iter().find(|(_, holds)| *holds).map(|(g, _)| g))
+        let raised = try_join_all(groups.iter().map(|&group| async move {
+            let response = self
+                .fence_call(group, epoch, true, epoch, tag, range, deadline)
+                .await?;
+            Ok::<_, RouterError>((group, response.holds_keys))
+        }))
+        .await?;
+        Ok(raised.into_iter().find(|(_, holds)| *holds).map(|(g, _)| g))
     }
 
-    /// Runs a change: `check` looks at the data under a map (returning the refusal, if any),
-    /// then the change is proposed with that map's epoch; both are done again if the map moves
-    /// in between.
+    /// Lifts, in each of `groups`, the fences within the range raised against maps older than
+    /// `older_than`, and those tagged `tag` (non-zero).
+    async fn lift_fences(
+        &self,
+        groups: &[GroupId],
+        epoch: u64,
+        older_than: u64,
+        tag: u64,
+        range: &KeyRange,
+        deadline: Instant,
+    ) -> Result<(), (GroupId, RouterError)> {
+        try_join_all(groups.iter().map(|&group| async move {
+            self.fence_call(group, epoch, false, older_than, tag, range, deadline)
+                .await
+                .map_err(|e| (group, e))
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fence_call(
+        &self,
+        group: GroupId,
+        epoch: u64,
+        raise: bool,
+        fence_epoch: u64,
+        tag: u64,
+        range: &KeyRange,
+        deadline: Instant,
+    ) -> Result<kv_proto::node::FenceResponse, RouterError> {
+        let request = FenceRequest {
+            group_id: group,
+            epoch,
+            start: range.start.clone(),
+            end: range.end.clone(),
+            raise,
+            fence_epoch,
+            tag,
+        };
+        self.call(group, epoch, deadline, |conn: Arc<NodeConn>, budget| {
+            let mut client = conn.client.clone();
+            let request = timed(request.clone(), budget);
+            async move { client.fence(request).await }
+        })
+        .await
+    }
+
+    /// Runs a change. `check` looks at the map (returning the refusal, if any) and says which
+    /// keys the change takes away from which groups ([`Fencing`]); those groups fence the keys
+    /// off in their own logs and report whether they held any, so no write slips in between
+    /// the check and the change. Then the change is proposed with the map's epoch, and the
+    /// groups that own the keys afterwards drop older fences on them. All of it is done again
+    /// if the map moves in between.
     async fn change_checked<C, Fut>(
         &self,
         change: &MapChange,
@@ -322,7 +402,7 @@ impl Router {
     ) -> Result<Arc<CompiledMap>, RouterError>
     where
         C: Fn(Arc<CompiledMap>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), RouterError>>,
+        Fut: std::future::Future<Output = Result<Option<Fencing>, RouterError>>,
     {
         let mut refreshed = false;
         let mut rerouting = Rerouting::default();
@@ -333,7 +413,7 @@ impl Router {
                 .map_err(|e| rerouting.explain(e))?;
             let epoch = map.map.epoch;
             let result = match check(map).await {
-                Ok(()) => self.propose(change, epoch, deadline).await,
+                Ok(fencing) => self.fenced_change(change, epoch, fencing, deadline).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -341,6 +421,59 @@ impl Router {
                 Err(e) => self.after_remap(e, epoch, &mut rerouting, deadline).await?,
             }
         }
+    }
+
+    /// One attempt of [`Router::change_checked`] under the map at `epoch`.
+    async fn fenced_change(
+        &self,
+        change: &MapChange,
+        epoch: u64,
+        fencing: Option<Fencing>,
+        deadline: Instant,
+    ) -> Result<Arc<CompiledMap>, RouterError> {
+        let Some(fencing) = fencing else {
+            return self.propose(change, epoch, deadline).await;
+        };
+        let tag = fence_tag(change, epoch);
+        if let Some(group) = self
+            .raise_fences(&fencing.fence, epoch, tag, &fencing.range, deadline)
+            .await?
+        {
+            // Refused: the change will not be made at this epoch, so its fences go. One that
+            // cannot be lifted now is lifted by the next change of these keys.
+            if let Err((g, e)) = self
+                .lift_fences(&fencing.fence, epoch, epoch, tag, &fencing.range, deadline)
+                .await
+            {
+                tracing::warn!(group = g, error = %e, "could not lift the fence of a refused change");
+            }
+            return Err((fencing.refuse)(group));
+        }
+        // An error here leaves the fences up: the change may have committed, and then they are
+        // what keeps late writes out of groups that no longer own the keys.
+        let map = self.propose(change, epoch, deadline).await?;
+        self.finish_fencing(&map, &fencing.owners_after, &fencing.range, deadline)
+            .await?;
+        Ok(map)
+    }
+
+    /// After a change committed in `map`: the groups that own `range` now drop the fences on
+    /// it raised against older maps (their changes committed or never will).
+    async fn finish_fencing(
+        &self,
+        map: &CompiledMap,
+        owners: &[GroupId],
+        range: &KeyRange,
+        deadline: Instant,
+    ) -> Result<(), RouterError> {
+        let epoch = map.map.epoch;
+        self.lift_fences(owners, epoch, epoch, 0, range, deadline)
+            .await
+            .map_err(|(group, e)| RouterError::Unfinished {
+                epoch,
+                group,
+                reason: e.to_string(),
+            })
     }
 
     pub async fn create_keyspace(
@@ -355,7 +488,7 @@ impl Router {
         let name = spec.name.clone();
         let change = MapChange::CreateKeyspace(spec);
         let map = self
-            .change_checked(&change, deadline, |_| async { Ok(()) })
+            .change_checked(&change, deadline, |_| async { Ok(None) })
             .await?;
         let keyspace =
             keyspace_info(&map, &name, |g| self.leaders.known(g)).map_err(RouterError::Admin)?;
@@ -377,20 +510,17 @@ impl Router {
                 let name = name.clone();
                 async move {
                     if req.force {
-                        return Ok(());
+                        return Ok(None);
                     }
-                    let groups = map.map.keyspaces[&name].groups.clone();
-                    let all = Bytes::new();
-                    match self
-                        .first_holding(&groups, map.map.epoch, &all, &all, deadline)
-                        .await?
-                    {
-                        Some(group) => Err(RouterError::KeyspaceNotEmpty {
-                            keyspace: name,
+                    Ok(Some(Fencing {
+                        fence: map.map.keyspaces[&name].groups.clone(),
+                        range: KeyRange::all(),
+                        owners_after: Vec::new(),
+                        refuse: Box::new(move |group| RouterError::KeyspaceNotEmpty {
+                            keyspace: name.clone(),
                             group,
                         }),
-                        None => Ok(()),
-                    }
+                    }))
                 }
             })
             .await?;
@@ -410,32 +540,45 @@ impl Router {
             directory: req.directory.to_vec(),
             group: req.group_id,
         };
+        // Run again after a change that committed but left the new owner fenced: finish it.
+        let current = self.map_with(&keyspace, deadline).await?;
+        if let Placement::Directory(d) = current.placement(&keyspace)? {
+            if d.group_of_directory(&req.directory) == Some((req.group_id, true)) {
+                let range = KeyRange::directory(&req.directory, d.separator());
+                self.finish_fencing(&current, &[req.group_id], &range, deadline)
+                    .await?;
+                return Ok(SetDirectoryResponse {
+                    epoch: current.map.epoch,
+                });
+            }
+        }
         let map = self
             .change_checked(&change, deadline, |map| {
                 let keyspace = keyspace.clone();
                 let directory = req.directory.clone();
                 async move {
                     let Placement::Directory(d) = map.placement(&keyspace)? else {
-                        return Ok(()); // `checked` refused other strategies already
+                        return Ok(None); // `checked` refused other strategies already
                     };
-                    let (start, end) = directory_range(&directory, d.separator());
+                    // Every other group, not only the directory's owners: keys stranded
+                    // elsewhere by an older bug would vanish from view for good.
                     let others: Vec<GroupId> = map.map.keyspaces[&keyspace]
                         .groups
                         .iter()
                         .copied()
                         .filter(|g| *g != req.group_id)
                         .collect();
-                    match self
-                        .first_holding(&others, map.map.epoch, &start, &end, deadline)
-                        .await?
-                    {
-                        Some(group) => Err(RouterError::DirectoryNotEmpty {
-                            directory: show(&directory),
+                    let shown = show(&directory);
+                    Ok(Some(Fencing {
+                        fence: others,
+                        range: KeyRange::directory(&directory, d.separator()),
+                        owners_after: vec![req.group_id],
+                        refuse: Box::new(move |group| RouterError::DirectoryNotEmpty {
+                            directory: shown.clone(),
                             group,
                             action: "moving it",
                         }),
-                        None => Ok(()),
-                    }
+                    }))
                 }
             })
             .await?;
@@ -454,36 +597,48 @@ impl Router {
             keyspace: keyspace.clone(),
             directory: req.directory.to_vec(),
         };
+        // Run again after a removal that committed but left the fallback's groups fenced:
+        // finish it, then answer as for any missing entry.
+        let current = self.map_with(&keyspace, deadline).await?;
+        if let Placement::Directory(d) = current.placement(&keyspace)? {
+            if d.group_of_directory(&req.directory)
+                .is_none_or(|(_, entry)| !entry)
+            {
+                let range = KeyRange::directory(&req.directory, d.separator());
+                let owners = d.fallback().groups_for_scan(&range.start, &range.end);
+                self.finish_fencing(&current, &owners, &range, deadline)
+                    .await?;
+            }
+        }
         let map = self
             .change_checked(&change, deadline, |map| {
                 let keyspace = keyspace.clone();
                 let directory = req.directory.clone();
                 async move {
                     let Placement::Directory(d) = map.placement(&keyspace)? else {
-                        return Ok(());
+                        return Ok(None);
                     };
                     let Some((group, true)) = d.group_of_directory(&directory) else {
-                        return Ok(()); // no entry: `checked` refused it already
+                        return Ok(None); // no entry: `checked` refused it already
                     };
-                    let (start, end) = directory_range(&directory, d.separator());
+                    let range = KeyRange::directory(&directory, d.separator());
+                    let owners_after = d.fallback().groups_for_scan(&range.start, &range.end);
                     // Keys can stay only if the fallback puts the whole directory in the same
                     // group (a range fallback whose range holds the prefix).
-                    if let Placement::Range(r) = d.fallback() {
-                        if r.groups_for_scan(&start, &end) == [group] {
-                            return Ok(());
-                        }
+                    if owners_after == [group] && matches!(d.fallback(), Placement::Range(_)) {
+                        return Ok(None);
                     }
-                    match self
-                        .first_holding(&[group], map.map.epoch, &start, &end, deadline)
-                        .await?
-                    {
-                        Some(group) => Err(RouterError::DirectoryNotEmpty {
-                            directory: show(&directory),
+                    let shown = show(&directory);
+                    Ok(Some(Fencing {
+                        fence: vec![group],
+                        range,
+                        owners_after,
+                        refuse: Box::new(move |group| RouterError::DirectoryNotEmpty {
+                            directory: shown.clone(),
                             group,
                             action: "removing its entry",
                         }),
-                        None => Ok(()),
-                    }
+                    }))
                 }
             })
             .await?;
@@ -760,9 +915,9 @@ mod tests {
 
     #[test]
     fn directory_ranges_cover_the_prefix() {
-        let (start, end) = directory_range(b"tenant-a", b"/");
-        assert_eq!(start, Bytes::from_static(b"tenant-a/"));
-        assert_eq!(end, Bytes::from_static(b"tenant-a0"));
+        let range = KeyRange::directory(b"tenant-a", b"/");
+        assert_eq!(range.start, Bytes::from_static(b"tenant-a/"));
+        assert_eq!(range.end, Bytes::from_static(b"tenant-a0"));
     }
 
     mod flows {
@@ -1271,6 +1426,103 @@ mod tests {
             assert_eq!(code, Code::InvalidArgument);
             assert_eq!(error_code, codes::UNKNOWN_KEYSPACE);
             assert_eq!(message, "unknown keyspace \"ghost\"");
+        }
+
+        #[tokio::test]
+        async fn fences_stay_on_the_keys_a_group_gave_away_and_nowhere_else() {
+            let cluster = FakeCluster::start(3, 2).await;
+            cluster.set_leader(2);
+            let router = router_for(&cluster).await;
+            let info = router
+                .create_keyspace(
+                    create_req(pb::KeyspaceSpec {
+                        shards: 3,
+                        fallback: "hash".into(),
+                        ..spec("t", "directory")
+                    }),
+                    soon(),
+                )
+                .await
+                .unwrap()
+                .keyspace
+                .unwrap();
+            let groups: Vec<GroupId> = info.groups.iter().map(|g| g.id).collect();
+            let fenced = || {
+                let mut g: Vec<GroupId> = cluster
+                    .shared
+                    .fences
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.group)
+                    .collect();
+                g.sort();
+                g
+            };
+            let set = |dir: &'static str, group| pb::SetDirectoryRequest {
+                keyspace: "t".into(),
+                directory: Bytes::from_static(dir.as_bytes()),
+                group_id: group,
+            };
+
+            // Refused: the fences it raised are gone, and writes go on.
+            let home = put(&router, "t", "tenant-a/1").await;
+            let elsewhere = *groups.iter().find(|g| **g != home).unwrap();
+            router
+                .set_directory(set("tenant-a", elsewhere), soon())
+                .await
+                .unwrap_err();
+            assert_eq!(fenced(), Vec::<GroupId>::new());
+            put(&router, "t", "tenant-a/2").await;
+
+            // Made: every group but the new owner keeps refusing the directory's keys, which
+            // now go to the new owner.
+            router
+                .set_directory(set("tenant-b", groups[0]), soon())
+                .await
+                .unwrap();
+            assert_eq!(fenced(), groups[1..].to_vec());
+            assert_eq!(put(&router, "t", "tenant-b/1").await, groups[0]);
+
+            // Moved again while empty: the new owner's old fence is lifted, the old owner fenced.
+            router
+                .remove_directory(
+                    pb::RemoveDirectoryRequest {
+                        keyspace: "t".into(),
+                        directory: Bytes::from_static(b"tenant-b"),
+                    },
+                    soon(),
+                )
+                .await
+                .unwrap_err(); // tenant-b/1 is in groups[0], and the hash fallback spreads keys
+            router
+                .set_directory(set("tenant-c", groups[1]), soon())
+                .await
+                .unwrap();
+            router
+                .set_directory(set("tenant-c", groups[2]), soon())
+                .await
+                .unwrap();
+            let c_fences: Vec<GroupId> = cluster
+                .shared
+                .fences
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|f| f.start.starts_with(b"tenant-c"))
+                .map(|f| f.group)
+                .collect();
+            assert!(!c_fences.contains(&groups[2]), "{c_fences:?}");
+            assert!(c_fences.contains(&groups[1]), "{c_fences:?}");
+            assert_eq!(put(&router, "t", "tenant-c/1").await, groups[2]);
+
+            // Run again after it committed: nothing changes, and it succeeds.
+            let epoch = cluster.current_map().epoch;
+            let again = router
+                .set_directory(set("tenant-c", groups[2]), soon())
+                .await
+                .unwrap();
+            assert_eq!(again.epoch, epoch);
         }
     }
 }

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::{read_err, ser, sto_err, Flusher};
 use crate::keys;
 use crate::types::{
-    Dedup, Entry, GroupId, LogId, MapChangeRefused, Op, OpResult, Request, Response, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig, DEDUP_WINDOW_MS,
+    fenced_results, Dedup, Entry, Fence, FenceChange, FenceOutcome, GroupId, LogId,
+    MapChangeRefused, Op, OpResult, Request, Response, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig, DEDUP_WINDOW_MS,
 };
 
 /// What a snapshot holds: the applied state and every key with its stored value.
@@ -28,6 +29,8 @@ struct SnapshotBody {
     /// The request ids still remembered, so that a replica restored from a snapshot also
     /// answers retries instead of applying them twice.
     dedup: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    /// The group's fences: a replica restored from a snapshot refuses what the others refuse.
+    fences: Vec<Fence>,
 }
 
 /// A snapshot as kept on disk, so it survives restarts and can be sent to followers.
@@ -51,6 +54,9 @@ pub struct GroupData {
     /// Held for writing while an `apply` call writes its effects, and for reading by readers,
     /// so that no reader sees an entry half applied (apply does not use a sled transaction).
     visible: Arc<RwLock<()>>,
+    /// The fences as applied (see [`Fence`]), so the node can refuse a fenced write before
+    /// proposing it; apply decides with its own view.
+    fences: Arc<RwLock<Arc<Vec<Fence>>>>,
 }
 
 impl GroupData {
@@ -72,6 +78,27 @@ impl GroupData {
         Ok(self.data.get(key)?.and_then(|raw| {
             keys::decode_value(&raw).map(|(version, value)| (version, value.to_vec()))
         }))
+    }
+
+    /// The fences as of the last applied entry.
+    pub fn fences(&self) -> Arc<Vec<Fence>> {
+        self.fences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The first of `keys` a fence covers, as of the last applied entry.
+    pub fn fenced<'k>(&self, mut keys: impl Iterator<Item = &'k [u8]>) -> Option<&'k [u8]> {
+        let fences = self.fences();
+        if fences.is_empty() {
+            return None;
+        }
+        keys.find(|k| fences.iter().any(|f| f.covers(k)))
+    }
+
+    fn set_fences(&self, fences: Vec<Fence>) {
+        *self.fences.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fences);
     }
 
     /// Notified whenever the stored cluster map changes.
@@ -98,6 +125,8 @@ pub struct StateMachine {
     remembered: HashMap<Vec<u8>, Vec<OpResult>>,
     /// Decisions of an `apply` call that a crash interrupted, by log index (see [`Decided`]).
     replay: HashMap<u64, Decided>,
+    /// The fences as applied: apply's own copy, so that deciding a write takes no lock.
+    fences: Arc<Vec<Fence>>,
 }
 
 /// What an `apply` call decided for one entry. The decisions of a whole call are stored (one
@@ -128,6 +157,8 @@ struct Pending<'a> {
     fresh: Fresh,
     /// The cluster map as earlier decisions left it.
     map: Option<Vec<u8>>,
+    /// The fences as earlier decisions left them.
+    fences: Option<Vec<Fence>>,
 }
 
 /// Request ids applied by entries of one `apply` call, not yet in [`StateMachine::remembered`].
@@ -145,6 +176,19 @@ fn move_snapshot_out_of(sm: &sled::Tree, snapshots: &sled::Tree) -> Result<(), S
         sm.remove(keys::SNAPSHOT).map_err(werr)?;
     }
     Ok(())
+}
+
+/// The fences as stored.
+fn load_fences(sm: &sled::Tree) -> Result<Vec<Fence>, StorageError> {
+    match sm
+        .get(keys::FENCES)
+        .map_err(|e| read_err(ErrorSubject::StateMachine, e))?
+    {
+        Some(raw) => {
+            bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))
+        }
+        None => Ok(Vec::new()),
+    }
 }
 
 /// The request-id table as stored: every entry record, and the legacy per-id records.
@@ -193,11 +237,13 @@ impl StateMachine {
                 applied: Arc::new(AtomicU64::new(0)),
                 map_changed: Arc::new(tokio::sync::watch::channel(0).0),
                 visible: Arc::default(),
+                fences: Arc::default(),
             },
             flusher,
             snapshot_seq: 0,
             remembered: HashMap::new(),
             replay: HashMap::new(),
+            fences: Arc::default(),
         };
         // A crash in the middle of installing a snapshot leaves the marker: finish the job
         // from the stored snapshot before anyone reads the half-written data tree.
@@ -214,6 +260,9 @@ impl StateMachine {
             }
         }
         me.remembered = load_remembered(&me.shared.dedup)?;
+        let fences = load_fences(&me.shared.sm)?;
+        me.fences = Arc::new(fences.clone());
+        me.shared.set_fences(fences);
         let (applied, _) = me.read_applied()?;
         let applied = applied.map_or(0, |l| l.index);
         me.shared.applied.store(applied, Ordering::Release);
@@ -343,6 +392,9 @@ impl StateMachine {
             None => sm.remove(keys::CLUSTER_MAP).map(|_| ()),
         }
         .map_err(werr)?;
+        sm.insert(keys::FENCES, ser(&body.fences)?).map_err(werr)?;
+        self.fences = Arc::new(body.fences.clone());
+        self.shared.set_fences(body.fences);
         sm.remove(keys::JOURNAL).map_err(werr)?;
         self.replay.clear();
         sm.remove(keys::INSTALLING).map_err(werr)?;
@@ -463,6 +515,17 @@ impl StateMachine {
                 return Ok((first.clone(), false));
             }
         }
+        let fences = match &pending.fences {
+            Some(f) => f.as_slice(),
+            None => &self.fences,
+        };
+        if !fences.is_empty()
+            && ops
+                .iter()
+                .any(|op| fences.iter().any(|f| f.covers(op.key())))
+        {
+            return Ok((fenced_results(), false));
+        }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             if let Op::Put {
@@ -569,6 +632,32 @@ impl StateMachine {
                 }
                 decided.response = Response::MapChanged(outcome.map(|(epoch, _)| epoch));
             }
+            EntryPayload::Normal(Request::Fence(change)) => {
+                let current = match &pending.fences {
+                    Some(f) => f.clone(),
+                    None => self.fences.to_vec(),
+                };
+                let outcome = match change.apply(&current) {
+                    Some(fences) => {
+                        let holds_keys = match change {
+                            FenceChange::Raise(f) => self.holds_keys(pending, &f.start, &f.end)?,
+                            FenceChange::Lift { .. } => false,
+                        };
+                        pending.fences = Some(fences.clone());
+                        FenceOutcome {
+                            fences,
+                            holds_keys,
+                            full: false,
+                        }
+                    }
+                    None => FenceOutcome {
+                        fences: current,
+                        holds_keys: false,
+                        full: true,
+                    },
+                };
+                decided.response = Response::Fenced(outcome);
+            }
             EntryPayload::Normal(Request::SetClusterMap { epoch, map_json }) => {
                 let current = current_map(pending)?
                     .and_then(|raw| serde_json::from_slice::<shardmap::ClusterMap>(&raw).ok())
@@ -600,6 +689,39 @@ impl StateMachine {
         if let Some(m) = &d.map {
             pending.map = Some(m.to_vec());
         }
+        if let Response::Fenced(o) = &d.response {
+            pending.fences = Some(o.fences.clone());
+        }
+    }
+
+    /// Whether `[start, end)` holds a key as the call's earlier decisions left the data.
+    fn holds_keys(
+        &self,
+        pending: &Pending,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<bool, StorageError> {
+        let inside = |k: &[u8]| k >= start && (end.is_empty() || k < end);
+        if pending
+            .versions
+            .iter()
+            .any(|(k, v)| v.is_some() && inside(k))
+        {
+            return Ok(true);
+        }
+        let range = if end.is_empty() {
+            self.shared.data.range(start..)
+        } else {
+            self.shared.data.range(start..end)
+        };
+        for item in range {
+            let (k, _) = item.map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+            // Deleted by an earlier decision of this call: look further.
+            if !matches!(pending.versions.get(&k[..]), Some(None)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Writes what an entry's decision does: data, its request-id record, the cluster map.
@@ -645,6 +767,14 @@ impl StateMachine {
                 .insert(keys::CLUSTER_MAP, m.as_slice())
                 .map_err(werr)?;
         }
+        if let Response::Fenced(o) = &d.response {
+            if !o.full {
+                self.shared
+                    .sm
+                    .insert(keys::FENCES, ser(&o.fences)?)
+                    .map_err(werr)?;
+            }
+        }
         Ok(())
     }
 }
@@ -689,9 +819,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 membership_raw = Some(ser(&StoredMembership::new(Some(e.log_id), m.clone()))?);
             }
         }
-        let has_effects = decided
-            .iter()
-            .any(|d| d.map.is_some() || d.applied.iter().any(|a| *a));
+        let has_effects = decided.iter().any(|d| {
+            d.map.is_some()
+                || d.applied.iter().any(|a| *a)
+                || matches!(d.response, Response::Fenced(_))
+        });
         {
             let _writing = self
                 .shared
@@ -729,6 +861,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.shared.applied.store(last.index, Ordering::Release);
         }
         self.remembered.extend(pending.fresh);
+        if let Some(fences) = pending.fences {
+            self.fences = Arc::new(fences.clone());
+            self.shared.set_fences(fences);
+        }
         // Every entry with request ids moves the log's clock, batch entries included: a group
         // that only sees batches must forget too, or its table grows without end.
         if let Some(now) = entries
@@ -778,6 +914,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 cluster_map,
                 kvs,
                 dedup,
+                fences: self.fences.to_vec(),
             })
         })();
         SnapshotBuilder {
@@ -1014,12 +1151,18 @@ mod tests {
                 ByteBuf::from(keys::dedup_entry_key(1000, 1).to_vec()),
                 ByteBuf::from(unhex(&request_id_record())),
             )],
+            fences: vec![Fence {
+                start: b"a".to_vec(),
+                end: Vec::new(),
+                epoch: 2,
+                tag: 3,
+            }],
         }
     }
 
     /// `snapshot_body()` encoded: last_applied, membership, cluster_map (option of bytes), kvs
     /// and dedup (lists of (bytes, bytes)); a stored value is its version (u64 big-endian)
-    /// then its bytes.
+    /// then its bytes; then fences (start, end, epoch, tag).
     fn snapshot_body_hex() -> String {
         format!(
             "01 {LOG_ID_1_1}
@@ -1027,7 +1170,9 @@ mod tests {
              01 0200000000000000 7b7d
              0100000000000000 0100000000000000 6b 0900000000000000 0000000000000001 76
              0100000000000000 1100000000000000 65 00000000000003e8 0000000000000001
-             {:016x} {}",
+             {:016x} {}
+             0100000000000000 0100000000000000 61 0000000000000000
+             0200000000000000 0300000000000000",
             (unhex(&request_id_record()).len() as u64).swap_bytes(),
             request_id_record()
         )
@@ -1117,6 +1262,7 @@ mod tests {
         let expected = SnapshotBody {
             membership: StoredMembership::default(),
             cluster_map: None,
+            fences: Vec::new(),
             ..snapshot_body()
         };
         assert_eq!(body, expected, "snapshot body: {CHANGED}");

@@ -392,3 +392,186 @@ mod replay {
         assert!(snaps.get(keys::SNAPSHOT).unwrap().is_some());
     }
 }
+
+mod fences {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::types::{Entry, Fence, FenceChange, LogId, Op, Request, Response, SubWrite};
+
+    fn entry(index: u64, request: Request) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(request),
+        }
+    }
+
+    fn put(key: &str) -> Op {
+        Op::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            expected_version: None,
+        }
+    }
+
+    fn raise(start: &str, end: &str, tag: u64) -> Request {
+        Request::Fence(FenceChange::Raise(Fence {
+            start: start.into(),
+            end: end.into(),
+            epoch: 5,
+            tag,
+        }))
+    }
+
+    fn writes(keys: &[&str]) -> Request {
+        Request::Writes {
+            writes: keys
+                .iter()
+                .map(|k| SubWrite {
+                    ops: vec![put(k)],
+                    dedup: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn holds_keys(r: &Response) -> bool {
+        match r {
+            Response::Fenced(o) => o.holds_keys,
+            other => panic!("not a fence outcome: {other}"),
+        }
+    }
+
+    /// Which writes of a `Writes` response a fence refused.
+    fn refused(r: &Response) -> Vec<bool> {
+        match r {
+            Response::Writes(all) => all.iter().map(|w| w.is_empty()).collect(),
+            other => panic!("not a writes outcome: {other}"),
+        }
+    }
+
+    fn open(db: &sled::Db) -> StateMachine {
+        StateMachine::open(db, 7, Flusher::start(db.clone()).expect("flusher")).expect("opens")
+    }
+
+    #[tokio::test]
+    async fn a_fence_counts_what_came_before_it_and_refuses_what_comes_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path()).expect("sled");
+        let mut sm = open(&db);
+        // One apply call: a write to d/ decided just before the fence is counted by it, one
+        // just after is refused; a key outside the range is not touched.
+        let out = sm
+            .apply([
+                entry(1, writes(&["d/1"])),
+                entry(2, raise("d/", "d0", 11)),
+                entry(3, writes(&["d/2", "e/1"])),
+                entry(4, raise("e/", "e0", 12)),
+                entry(5, raise("f/", "f0", 13)),
+            ])
+            .await
+            .expect("applies");
+        assert!(holds_keys(&out[1]), "d/1 came before the fence");
+        assert_eq!(refused(&out[2]), vec![true, false]);
+        assert!(holds_keys(&out[3]), "e/1 came before the fence");
+        assert!(!holds_keys(&out[4]));
+        assert_eq!(
+            sm.data().get(b"d/2").expect("reads"),
+            None,
+            "a refused write took effect"
+        );
+        assert_eq!(
+            sm.data().fenced([&b"d/9"[..]].into_iter()),
+            Some(&b"d/9"[..])
+        );
+
+        // Lifted by its tag: writes go in again. The other fences stay, through a restart.
+        let out = sm
+            .apply([
+                entry(
+                    6,
+                    Request::Fence(FenceChange::Lift {
+                        start: b"d/".to_vec(),
+                        end: b"d0".to_vec(),
+                        older_than: 0,
+                        tag: 11,
+                    }),
+                ),
+                entry(7, writes(&["d/3", "e/2"])),
+            ])
+            .await
+            .expect("applies");
+        assert_eq!(refused(&out[1]), vec![false, true]);
+        drop(sm);
+        let mut sm = open(&db);
+        let out = sm
+            .apply([entry(8, writes(&["d/4", "e/3", "f/1"]))])
+            .await
+            .expect("applies");
+        assert_eq!(refused(&out[0]), vec![false, true, true]);
+
+        // A replica restored from a snapshot refuses the same writes.
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("builds");
+        let dir2 = tempfile::tempdir().expect("temp dir");
+        let db2 = sled::open(dir2.path()).expect("sled");
+        let mut other = open(&db2);
+        other
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("installs");
+        let out = other
+            .apply([entry(9, writes(&["d/5", "e/4"]))])
+            .await
+            .expect("applies");
+        assert_eq!(refused(&out[0]), vec![false, true]);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_key_does_not_count_and_a_retry_of_an_earlier_write_is_answered() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path()).expect("sled");
+        let mut sm = open(&db);
+        let id = crate::types::Dedup {
+            id: b"r1".to_vec(),
+            at_ms: 1,
+        };
+        let first = Request::Write {
+            ops: vec![put("d/1")],
+            dedup: Some(id.clone()),
+        };
+        sm.apply([entry(1, first.clone())]).await.expect("applies");
+        let out = sm
+            .apply([
+                entry(
+                    2,
+                    Request::Write {
+                        ops: vec![Op::Delete {
+                            key: b"d/1".to_vec(),
+                            expected_version: None,
+                        }],
+                        dedup: None,
+                    },
+                ),
+                entry(3, raise("d/", "d0", 11)),
+                // The retry of a write applied before the fence: its first answer, not a
+                // refusal.
+                entry(4, first),
+            ])
+            .await
+            .expect("applies");
+        assert!(
+            !holds_keys(&out[1]),
+            "the only key was deleted before the fence"
+        );
+        match &out[2] {
+            Response::Write(results) => assert_eq!(results[0].version, 1),
+            other => panic!("not a write outcome: {other}"),
+        }
+    }
+}
