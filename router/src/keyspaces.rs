@@ -179,6 +179,8 @@ struct Fencing {
     /// The groups that must hold no key in `range` for the change to go ahead.
     fence: Vec<GroupId>,
     range: KeyRange,
+    /// The groups that own `range` (some of it) before the change.
+    owners_before: Vec<GroupId>,
     /// The groups that own `range` once the change is made.
     owners_after: Vec<GroupId>,
     /// The refusal when `group` holds keys in `range`.
@@ -439,12 +441,21 @@ impl Router {
             .raise_fences(&fencing.fence, epoch, tag, &fencing.range, deadline)
             .await?
         {
-            // Refused: the change will not be made at this epoch, so its fences go. One that
-            // cannot be lifted now is lifted by the next change of these keys.
-            if let Err((g, e)) = self
-                .lift_fences(&fencing.fence, epoch, epoch, tag, &fencing.range, deadline)
-                .await
-            {
+            // Refused: the change will not be made at this epoch, so its fences go, and on the
+            // keys' owners also those of changes against older maps, which committed
+            // elsewhere or never will. Elsewhere older fences stay: they keep routers with an
+            // old map from writing to a group the keys left. A fence that cannot be lifted now
+            // is lifted by the next change of these keys.
+            let (owners, others): (Vec<GroupId>, Vec<GroupId>) = fencing
+                .fence
+                .iter()
+                .partition(|g| fencing.owners_before.contains(g));
+            let lifted = futures::future::join(
+                self.lift_fences(&owners, epoch, epoch, tag, &fencing.range, deadline),
+                self.lift_fences(&others, epoch, 0, tag, &fencing.range, deadline),
+            )
+            .await;
+            if let Err((g, e)) = lifted.0.and(lifted.1) {
                 tracing::warn!(group = g, error = %e, "could not lift the fence of a refused change");
             }
             return Err((fencing.refuse)(group));
@@ -512,9 +523,11 @@ impl Router {
                     if req.force {
                         return Ok(None);
                     }
+                    let groups = map.map.keyspaces[&name].groups.clone();
                     Ok(Some(Fencing {
-                        fence: map.map.keyspaces[&name].groups.clone(),
+                        fence: groups.clone(),
                         range: KeyRange::all(),
+                        owners_before: groups,
                         owners_after: Vec::new(),
                         refuse: Box::new(move |group| RouterError::KeyspaceNotEmpty {
                             keyspace: name.clone(),
@@ -568,10 +581,16 @@ impl Router {
                         .copied()
                         .filter(|g| *g != req.group_id)
                         .collect();
+                    let range = KeyRange::directory(&directory, d.separator());
+                    let owners_before = match d.group_of_directory(&directory) {
+                        Some((g, true)) => vec![g],
+                        _ => d.fallback().groups_for_scan(&range.start, &range.end),
+                    };
                     let shown = show(&directory);
                     Ok(Some(Fencing {
                         fence: others,
-                        range: KeyRange::directory(&directory, d.separator()),
+                        range,
+                        owners_before,
                         owners_after: vec![req.group_id],
                         refuse: Box::new(move |group| RouterError::DirectoryNotEmpty {
                             directory: shown.clone(),
@@ -632,6 +651,7 @@ impl Router {
                     Ok(Some(Fencing {
                         fence: vec![group],
                         range,
+                        owners_before: vec![group],
                         owners_after,
                         refuse: Box::new(move |group| RouterError::DirectoryNotEmpty {
                             directory: shown.clone(),
