@@ -313,14 +313,16 @@ impl NodeApi for NodeService {
         };
         let mut kvs = Vec::new();
         let mut more = false;
+        let mut bytes = 0;
         for item in iter {
             let (k, v) = item.map_err(NodeError::from)?;
-            if kvs.len() == limit {
+            if kvs.len() == limit || bytes >= kv_proto::MAX_SCAN_BYTES {
                 more = true;
                 break;
             }
             let (version, value) = keys::decode_value(&v)
                 .ok_or_else(|| NodeError::Storage(format!("corrupt value under key {k:?}")))?;
+            bytes += k.len() + if req.keys_only { 0 } else { value.len() };
             kvs.push(KeyValue {
                 key: Bytes::copy_from_slice(&k),
                 value: if req.keys_only {

@@ -64,6 +64,11 @@ pub fn nodelay_incoming(
 const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Bytes of keys and values past which a scan page ends (with `more` set), on nodes and on
+/// routers merging groups' pages: a scan of large values with a high limit would otherwise
+/// build a response of gigabytes. A page holds at least one key, so it can always advance.
+pub const MAX_SCAN_BYTES: usize = 4 * 1024 * 1024;
+
 /// Largest gRPC message any of our servers or clients encode or decode.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 

@@ -29,21 +29,45 @@ pub struct GroupScan {
     pub more: bool,
 }
 
-/// Merges per-group scans (each ran with the same `limit`) into the first `limit` keys in key
-/// order, and whether more keys remain.
+/// Merges per-group scans (each ran with the same `limit`) into the first keys in key order,
+/// at most `limit` of them and about `max_bytes` (see [`cap_bytes`]), and whether more keys
+/// remain.
 ///
-/// Correct because every group ran with the same limit: if group G stopped early at its
-/// `limit`-th key `k`, the merged page's `limit`-th key is at most `k`, so no key G did not send
-/// can belong in the page.
-pub fn merge_scans(parts: Vec<GroupScan>, limit: usize) -> (Vec<KeyValue>, bool) {
+/// A group cut short (by the limit or by its node's byte budget) sent its keys up to its last
+/// one only, so the page ends at the smallest such last key: past it, keys of that group not
+/// sent could come before the other groups' keys.
+pub fn merge_scans(parts: Vec<GroupScan>, limit: usize, max_bytes: usize) -> (Vec<KeyValue>, bool) {
     let mut more = parts.iter().any(|p| p.more);
+    let cutoff = parts
+        .iter()
+        .filter(|p| p.more)
+        .filter_map(|p| p.kvs.last().map(|kv| kv.key.clone()))
+        .min();
     let mut all: Vec<KeyValue> = parts.into_iter().flat_map(|p| p.kvs).collect();
     all.sort_by(|a, b| a.key.cmp(&b.key));
+    if let Some(cutoff) = cutoff {
+        all.retain(|kv| kv.key <= cutoff);
+    }
     if all.len() > limit {
         all.truncate(limit);
         more = true;
     }
+    more |= cap_bytes(&mut all, max_bytes);
     (all, more)
+}
+
+/// Ends `kvs` after the entry that brings its keys and values to `max_bytes` or past, keeping
+/// at least one; whether it cut anything.
+pub fn cap_bytes(kvs: &mut Vec<KeyValue>, max_bytes: usize) -> bool {
+    let mut bytes = 0;
+    for (i, kv) in kvs.iter().enumerate() {
+        bytes += kv.key.len() + kv.value.len();
+        if bytes >= max_bytes && i + 1 < kvs.len() {
+            kvs.truncate(i + 1);
+            return true;
+        }
+    }
+    false
 }
 
 /// Scans groups that hold disjoint, increasing key ranges (a range keyspace's groups from
@@ -58,6 +82,7 @@ pub fn merge_scans(parts: Vec<GroupScan>, limit: usize) -> (Vec<KeyValue>, bool)
 pub async fn ordered_scan<E, F, Fut>(
     groups: &[GroupId],
     limit: usize,
+    max_bytes: usize,
     mut scan: F,
 ) -> Result<(Vec<KeyValue>, bool), E>
 where
@@ -73,12 +98,19 @@ where
         let part = scan(group, u32::try_from(left).unwrap_or(u32::MAX)).await?;
         let cut = part.more;
         kvs.extend(part.kvs);
+        if cap_bytes(&mut kvs, max_bytes) {
+            return Ok((kvs, true));
+        }
         if kvs.len() >= limit {
             let more = cut || kvs.len() > limit || i + 1 < groups.len();
             kvs.truncate(limit);
             return Ok((kvs, more));
         }
         if cut {
+            return Ok((kvs, true));
+        }
+        let bytes: usize = kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+        if bytes >= max_bytes && i + 1 < groups.len() {
             return Ok((kvs, true));
         }
     }
@@ -167,6 +199,7 @@ mod tests {
                 part(&["c"], false),
             ],
             10,
+            usize::MAX,
         );
         assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b", b"c", b"d", b"e"]);
         assert!(!more);
@@ -174,21 +207,33 @@ mod tests {
 
     #[test]
     fn merge_cuts_at_the_limit_and_reports_more() {
-        let (kvs, more) = merge_scans(vec![part(&["a", "c"], false), part(&["b", "d"], false)], 3);
+        let (kvs, more) = merge_scans(
+            vec![part(&["a", "c"], false), part(&["b", "d"], false)],
+            3,
+            usize::MAX,
+        );
         assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b", b"c"]);
         assert!(more);
     }
 
     #[test]
     fn merge_exactly_at_the_limit_is_not_more() {
-        let (kvs, more) = merge_scans(vec![part(&["a"], false), part(&["b"], false)], 2);
+        let (kvs, more) = merge_scans(
+            vec![part(&["a"], false), part(&["b"], false)],
+            2,
+            usize::MAX,
+        );
         assert_eq!(kvs.len(), 2);
         assert!(!more);
     }
 
     #[test]
     fn merge_reports_more_when_a_group_was_cut_short() {
-        let (kvs, more) = merge_scans(vec![part(&["a", "b"], true), part(&[], false)], 2);
+        let (kvs, more) = merge_scans(
+            vec![part(&["a", "b"], true), part(&[], false)],
+            2,
+            usize::MAX,
+        );
         assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b"]);
         assert!(more);
     }
@@ -196,14 +241,73 @@ mod tests {
     #[test]
     fn merge_never_skips_keys_of_a_group_cut_short() {
         // Group 1 stopped at its limit ("c"); the page must not reach past "c".
-        let (kvs, more) = merge_scans(vec![part(&["a", "c"], true), part(&["b", "x"], false)], 2);
+        let (kvs, more) = merge_scans(
+            vec![part(&["a", "c"], true), part(&["b", "x"], false)],
+            2,
+            usize::MAX,
+        );
         assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b"]);
         assert!(more);
     }
 
     #[test]
+    fn merge_ends_at_the_first_key_a_group_cut_short_did_not_pass() {
+        // Group 1's node stopped at "b" on its byte budget, well under the limit: its keys
+        // after "b" may come before "c", so the page ends at "b".
+        let (kvs, more) = merge_scans(
+            vec![part(&["a", "b"], true), part(&["c", "d"], false)],
+            10,
+            usize::MAX,
+        );
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b"]);
+        assert!(more);
+    }
+
+    #[test]
+    fn pages_end_at_the_byte_budget_but_hold_at_least_one_key() {
+        let big = |k: &str| KeyValue {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::from(vec![0u8; 99]),
+            version: 1,
+        };
+        let parts = vec![
+            GroupScan {
+                kvs: vec![big("a"), big("c")],
+                more: false,
+            },
+            GroupScan {
+                kvs: vec![big("b")],
+                more: false,
+            },
+        ];
+        // 100 bytes a key: the one that reaches 250 is the last.
+        let (kvs, more) = merge_scans(parts.clone(), 10, 250);
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b", b"c"]);
+        assert!(!more);
+        let (kvs, more) = merge_scans(parts.clone(), 10, 200);
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8], b"b"]);
+        assert!(more);
+        let (kvs, more) = merge_scans(parts, 10, 1);
+        assert_eq!(keys(&kvs), vec![b"a" as &[u8]]);
+        assert!(more);
+
+        let ids = [1, 2, 3];
+        let (kvs, more) =
+            futures::executor::block_on(ordered_scan::<(), _, _>(&ids, 10, 150, |g, _| {
+                let p = GroupScan {
+                    kvs: vec![big(&g.to_string())],
+                    more: false,
+                };
+                async move { Ok(p) }
+            }))
+            .unwrap();
+        assert_eq!(keys(&kvs), vec![b"1" as &[u8], b"2"]);
+        assert!(more, "group 3 was not asked");
+    }
+
+    #[test]
     fn merge_of_nothing_is_empty() {
-        let (kvs, more) = merge_scans(vec![], 10);
+        let (kvs, more) = merge_scans(vec![], 10, usize::MAX);
         assert!(kvs.is_empty());
         assert!(!more);
     }
@@ -216,13 +320,18 @@ mod tests {
     ) -> (Vec<String>, bool, Vec<(GroupId, u32)>) {
         let calls = std::sync::Mutex::new(Vec::new());
         let ids: Vec<GroupId> = groups.iter().map(|(g, _)| *g).collect();
-        let result = futures::executor::block_on(ordered_scan::<(), _, _>(&ids, limit, |g, l| {
-            calls.lock().unwrap().push((g, l));
-            let keys = groups.iter().find(|(id, _)| *id == g).unwrap().1;
-            let more = keys.len() > l as usize;
-            let part = part(&keys[..keys.len().min(l as usize)], more);
-            async move { Ok(part) }
-        }))
+        let result = futures::executor::block_on(ordered_scan::<(), _, _>(
+            &ids,
+            limit,
+            usize::MAX,
+            |g, l| {
+                calls.lock().unwrap().push((g, l));
+                let keys = groups.iter().find(|(id, _)| *id == g).unwrap().1;
+                let more = keys.len() > l as usize;
+                let part = part(&keys[..keys.len().min(l as usize)], more);
+                async move { Ok(part) }
+            },
+        ))
         .unwrap();
         let page = result
             .0
@@ -265,7 +374,7 @@ mod tests {
     fn ordered_scan_ends_the_page_where_a_group_was_cut_short() {
         let ids = [1, 2];
         let (kvs, more) =
-            futures::executor::block_on(ordered_scan::<(), _, _>(&ids, 10, |g, _| {
+            futures::executor::block_on(ordered_scan::<(), _, _>(&ids, 10, usize::MAX, |g, _| {
                 // Group 1 caps itself at one key and says so.
                 let p = if g == 1 {
                     part(&["a"], true)
@@ -281,13 +390,14 @@ mod tests {
 
     #[test]
     fn ordered_scan_passes_errors_on() {
-        let r = futures::executor::block_on(ordered_scan(&[1, 2], 10, |g, _| async move {
-            if g == 2 {
-                Err("down")
-            } else {
-                Ok(part(&["a"], false))
-            }
-        }));
+        let r =
+            futures::executor::block_on(ordered_scan(&[1, 2], 10, usize::MAX, |g, _| async move {
+                if g == 2 {
+                    Err("down")
+                } else {
+                    Ok(part(&["a"], false))
+                }
+            }));
         assert_eq!(r.unwrap_err(), "down");
     }
 

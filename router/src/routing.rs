@@ -25,7 +25,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{join_all, try_join_all};
 use futures::FutureExt;
-use kv_proto::codes;
 use kv_proto::kv::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, Consistency,
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, ScanRequest,
@@ -35,6 +34,7 @@ use kv_proto::node::{
     write_op, DeleteOp, NodeScanRequest, PutOp, ReadRequest, ReadResponse, WriteOp, WriteRequest,
     WriteResponse, WriteResult,
 };
+use kv_proto::{codes, MAX_SCAN_BYTES};
 use shardmap::{CompiledMap, GroupId, Limits, MapError, NodeId, Placement};
 use tokio::time::Instant;
 use tonic::Status;
@@ -1039,7 +1039,7 @@ impl Router {
             let placement = map.placement(&req.keyspace)?;
             let groups = placement.groups_for_scan(&req.start, &req.end);
             let result = if placement.ordered_scan() {
-                ordered_scan(&groups, limit as usize, |group, left| {
+                ordered_scan(&groups, limit as usize, MAX_SCAN_BYTES, |group, left| {
                     self.scan_group(group, epoch, req, left, deadline)
                 })
                 .await
@@ -1049,7 +1049,7 @@ impl Router {
                     .map(|&group| self.scan_group(group, epoch, req, limit, deadline));
                 try_join_all(scans)
                     .await
-                    .map(|parts| merge_scans(parts, limit as usize))
+                    .map(|parts| merge_scans(parts, limit as usize, MAX_SCAN_BYTES))
             };
             match result {
                 Ok((kvs, more)) => {

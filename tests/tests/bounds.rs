@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use cluster_tests::{Cluster, ClusterOptions};
-use kvclient::{ClientOptions, Consistency, Error, ReadOptions};
+use kvclient::{ClientOptions, Consistency, Error, ReadOptions, ScanOptions};
 
 /// The largest value a node accepts by default (`--max-value-bytes`).
 const VALUE_BYTES: usize = 1024 * 1024;
@@ -114,4 +114,55 @@ async fn an_eventual_read_no_replica_is_fresh_enough_for_is_answered_before_its_
         took < deadline / 2,
         "the bounded read took {took:?} of its {deadline:?} deadline: {got:?} {diag}"
     );
+}
+
+/// A scan of large values with a high limit comes back in pages of about
+/// `kv_proto::MAX_SCAN_BYTES`, from nodes and from the router merging the groups' pages, and
+/// paging through them reads every value whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_of_megabyte_values_comes_in_pages_under_the_byte_budget() {
+    // Three groups of the default hash keyspace: the router merges their pages.
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let diag = cluster.diag();
+    let client = cluster.client_with(ClientOptions {
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    });
+    const KEYS: usize = 16;
+    for i in 0..KEYS {
+        client
+            .put(format!("big-{i:02}"), big_value(i))
+            .await
+            .unwrap_or_else(|e| panic!("put big-{i}: {e} {diag}"));
+    }
+    let options = ScanOptions {
+        limit: 1000,
+        ..Default::default()
+    };
+    let page = client
+        .scan("big-", "big.", &options)
+        .await
+        .unwrap_or_else(|e| panic!("scan: {e} {diag}"));
+    let bytes: usize = page.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+    assert!(
+        page.more && !page.kvs.is_empty() && page.kvs.len() < KEYS,
+        "one page of {} keys (more: {}) for {KEYS} megabyte values {diag}",
+        page.kvs.len(),
+        page.more
+    );
+    assert!(
+        bytes <= kv_proto::MAX_SCAN_BYTES + VALUE_BYTES + 64,
+        "a page of {bytes} bytes {diag}"
+    );
+    let all = client
+        .scan_all("big-", "big.", &ScanOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("scan_all: {e} {diag}"));
+    assert_eq!(all.len(), KEYS, "paging lost or repeated keys {diag}");
+    for (i, kv) in all.iter().enumerate() {
+        assert_eq!(kv.key.as_ref(), format!("big-{i:02}").as_bytes(), "{diag}");
+        assert!(kv.value == big_value(i), "big-{i:02} read back changed {diag}");
+    }
 }
