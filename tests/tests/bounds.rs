@@ -145,7 +145,11 @@ async fn a_scan_of_megabyte_values_comes_in_pages_under_the_byte_budget() {
         .scan("big-", "big.", &options)
         .await
         .unwrap_or_else(|e| panic!("scan: {e} {diag}"));
-    let bytes: usize = page.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+    let bytes: usize = page
+        .kvs
+        .iter()
+        .map(|kv| kv.key.len() + kv.value.len())
+        .sum();
     assert!(
         page.more && !page.kvs.is_empty() && page.kvs.len() < KEYS,
         "one page of {} keys (more: {}) for {KEYS} megabyte values {diag}",
@@ -163,6 +167,9 @@ async fn a_scan_of_megabyte_values_comes_in_pages_under_the_byte_budget() {
     assert_eq!(all.len(), KEYS, "paging lost or repeated keys {diag}");
     for (i, kv) in all.iter().enumerate() {
         assert_eq!(kv.key.as_ref(), format!("big-{i:02}").as_bytes(), "{diag}");
-        assert!(kv.value == big_value(i), "big-{i:02} read back changed {diag}");
+        assert!(
+            kv.value == big_value(i),
+            "big-{i:02} read back changed {diag}"
+        );
     }
 }
