@@ -66,6 +66,8 @@ pub struct Shared {
     pub fences: Mutex<Vec<FakeFence>>,
     /// Map changes proposed (accepted or not).
     pub proposals: AtomicU64,
+    /// Non-zero: map changes are answered `NO_QUORUM` (a meta group that cannot commit).
+    pub refuse_proposals: AtomicU64,
     /// Nodes that refuse eventual reads carrying a session token, as `LAGGING`.
     pub lagging: Mutex<Vec<NodeId>>,
     /// Nodes that refuse eventual reads with a max staleness, as `STALE_REPLICA`.
@@ -86,6 +88,7 @@ impl Default for Shared {
             scans: Mutex::default(),
             fences: Mutex::default(),
             proposals: AtomicU64::new(0),
+            refuse_proposals: AtomicU64::new(0),
             lagging: Mutex::default(),
             stale: Mutex::default(),
             eventual_reads: Mutex::default(),
@@ -424,6 +427,9 @@ impl Node for FakeNode {
     ) -> Result<Response<ProposeMapChangeResponse>, Status> {
         self.shared.proposals.fetch_add(1, Ordering::Relaxed);
         self.check_leader()?;
+        if self.shared.refuse_proposals.load(Ordering::Relaxed) != 0 {
+            return Err(status(Code::Unavailable, codes::NO_QUORUM));
+        }
         let req = request.into_inner();
         let change: MapChange = serde_json::from_slice(&req.change_json)
             .map_err(|e| Status::invalid_argument(format!("undecodable change: {e}")))?;

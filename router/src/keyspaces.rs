@@ -1544,5 +1544,72 @@ mod tests {
                 .unwrap();
             assert_eq!(again.epoch, epoch);
         }
+
+        #[tokio::test]
+        async fn a_change_cut_off_after_its_fences_keeps_them_until_it_is_run_again() {
+            let cluster = FakeCluster::start(3, 2).await;
+            cluster.set_leader(2);
+            let router = router_for(&cluster).await;
+            let info = router
+                .create_keyspace(
+                    create_req(pb::KeyspaceSpec {
+                        shards: 2,
+                        fallback: "hash".into(),
+                        ..spec("t", "directory")
+                    }),
+                    soon(),
+                )
+                .await
+                .unwrap()
+                .keyspace
+                .unwrap();
+            let (a, b) = (info.groups[0].id, info.groups[1].id);
+            let set = |group| pb::SetDirectoryRequest {
+                keyspace: "t".into(),
+                directory: Bytes::from_static(b"tenant-a"),
+                group_id: group,
+            };
+            router.set_directory(set(a), soon()).await.unwrap();
+            assert_eq!(put(&router, "t", "tenant-a/1").await, a);
+            router
+                .delete(
+                    pb::DeleteRequest {
+                        keyspace: "t".into(),
+                        key: Bytes::from_static(b"tenant-a/1"),
+                        ..Default::default()
+                    },
+                    soon(),
+                )
+                .await
+                .unwrap();
+
+            // The meta group cannot commit: the move to b fails after a fenced a off.
+            cluster.shared.refuse_proposals.store(1, Ordering::Relaxed);
+            let short = || Instant::now() + Duration::from_millis(500);
+            router.set_directory(set(b), short()).await.unwrap_err();
+            assert_eq!(cluster.current_map().epoch, router.maps.epoch());
+            // Its keys refuse writes meanwhile: the change may have committed, for all the
+            // router knows.
+            let err = router
+                .put(
+                    PutRequest {
+                        keyspace: "t".into(),
+                        key: Bytes::from_static(b"tenant-a/2"),
+                        value: Bytes::from_static(b"v"),
+                        ..Default::default()
+                    },
+                    short(),
+                )
+                .await
+                .unwrap_err();
+            let (code, _, message) = code_of(err);
+            assert_eq!(code, Code::Unavailable, "{message}");
+            assert!(cluster.keys_of(a).is_empty());
+
+            // Run again: it completes, and the keys go to b.
+            cluster.shared.refuse_proposals.store(0, Ordering::Relaxed);
+            router.set_directory(set(b), soon()).await.unwrap();
+            assert_eq!(put(&router, "t", "tenant-a/2").await, b);
+        }
     }
 }
