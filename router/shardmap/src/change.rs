@@ -20,6 +20,10 @@ use crate::{
 
 /// Most groups one keyspace may create at once.
 pub const MAX_SHARDS: u32 = 1024;
+
+/// Most group replicas a node holds. Each is a Raft instance with its own tasks, heartbeats,
+/// log files and sled trees, so more keyspaces must not grow a node without bound.
+pub const MAX_REPLICAS_PER_NODE: usize = 2048;
 /// Longest keyspace name.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -194,12 +198,31 @@ fn base_strategy(kind: StrategyKind, spec: &KeyspaceSpec) -> Result<(Strategy, u
 }
 
 impl ClusterMap {
+    /// Refuses a map that puts more than [`MAX_REPLICAS_PER_NODE`] replicas on a node.
+    fn check_replicas_per_node(&self) -> Result<(), MapError> {
+        let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for g in self.groups.values() {
+            for n in &g.replicas {
+                *per_node.entry(*n).or_default() += 1;
+            }
+        }
+        match per_node.into_iter().find(|(_, n)| *n > MAX_REPLICAS_PER_NODE) {
+            Some((node, n)) => Err(invalid(format!(
+                "node {node} would hold {n} group replicas, more than the {MAX_REPLICAS_PER_NODE} a node may: use fewer shards, or drop keyspaces"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The map after `change`, with the epoch raised; or why the change is refused.
     pub fn apply(&self, change: &MapChange) -> Result<ClusterMap, MapError> {
         let mut next = self.clone();
         next.epoch = self.epoch + 1;
         match change {
-            MapChange::CreateKeyspace(spec) => next.create_keyspace(spec)?,
+            MapChange::CreateKeyspace(spec) => {
+                next.create_keyspace(spec)?;
+                next.check_replicas_per_node()?;
+            }
             MapChange::DropKeyspace { name } => {
                 if name == DEFAULT_KEYSPACE {
                     return Err(invalid("the default keyspace cannot be dropped"));
@@ -524,6 +547,28 @@ mod tests {
             per_node.values().max().unwrap(),
         );
         assert!(max - min <= 2, "{per_node:?}");
+    }
+
+    #[test]
+    fn keyspaces_stop_at_the_replicas_a_node_may_hold() {
+        // Three nodes hold every replica: two keyspaces of 1000 fit, a third does not.
+        let mut m = map(3);
+        for i in 0..2 {
+            m = m
+                .apply(&MapChange::CreateKeyspace(KeyspaceSpec {
+                    shards: 1000,
+                    ..spec(&format!("k{i}"), StrategyKind::Hash)
+                }))
+                .unwrap();
+        }
+        let err = m
+            .apply(&MapChange::CreateKeyspace(KeyspaceSpec {
+                shards: 100,
+                ..spec("k2", StrategyKind::Hash)
+            }))
+            .unwrap_err();
+        assert!(err.to_string().contains("more than the 2048"), "{err}");
+        assert!(!m.keyspaces.contains_key("k2"));
     }
 
     #[test]
