@@ -40,6 +40,10 @@ pub enum NodeError {
     },
     #[error("key {key:?} is fenced off in shard group {group} by a map change (in progress, or left unfinished: run it again): refresh the map")]
     Fenced { group: GroupId, key: String },
+    #[error("the values read add up to more than {max} bytes: read fewer keys at once")]
+    ReadTooLarge { max: usize },
+    #[error("{count} keys in one request; at most {max}")]
+    TooManyKeys { count: usize, max: usize },
     #[error("shard group {group} holds the most fences it can ({max}): finish or abort the admin changes left unfinished")]
     TooManyFences { group: GroupId, max: usize },
     #[error("key does not belong to shard group {group} under map epoch {epoch}: refresh the map")]
@@ -113,6 +117,8 @@ impl From<NodeError> for Status {
             NodeError::Fatal(_) => (Code::Unavailable, "SHUTTING_DOWN"),
             NodeError::StaleEpoch { .. } => (Code::Aborted, codes::STALE_EPOCH),
             NodeError::Fenced { .. } => (Code::Aborted, codes::STALE_EPOCH),
+            NodeError::ReadTooLarge { .. } => (Code::ResourceExhausted, codes::RESPONSE_TOO_LARGE),
+            NodeError::TooManyKeys { .. } => (Code::InvalidArgument, codes::TOO_MANY_KEYS),
             NodeError::TooManyFences { .. } => (Code::ResourceExhausted, codes::TOO_MANY_FENCES),
             NodeError::WrongGroup { .. } => (Code::Aborted, codes::WRONG_GROUP),
             NodeError::MapChange(r) => match r {

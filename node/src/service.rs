@@ -114,6 +114,12 @@ impl NodeService {
         budget: Option<Duration>,
     ) -> Result<ReadResponse, NodeError> {
         let group = self.node.group(req.group_id)?;
+        if req.keys.len() > kv_proto::MAX_BATCH_KEYS {
+            return Err(NodeError::TooManyKeys {
+                count: req.keys.len(),
+                max: kv_proto::MAX_BATCH_KEYS,
+            });
+        }
         for k in &req.keys {
             self.node.limits.check_key(k).map_err(NodeError::from)?;
         }
@@ -131,17 +137,31 @@ impl NodeService {
         let view = group.data.read_view();
         let applied_index = group.data.applied_index();
         let mut results = Vec::with_capacity(req.keys.len());
+        let mut bytes = 0;
         for k in &req.keys {
+            if bytes > kv_proto::MAX_READ_BYTES {
+                return Err(NodeError::ReadTooLarge {
+                    max: kv_proto::MAX_READ_BYTES,
+                });
+            }
             results.push(match group.data.get(k).map_err(NodeError::from)? {
-                Some((version, value)) => ReadResult {
-                    found: true,
-                    value: value.into(),
-                    version,
-                },
+                Some((version, value)) => {
+                    bytes += value.len();
+                    ReadResult {
+                        found: true,
+                        value: value.into(),
+                        version,
+                    }
+                }
                 None => ReadResult::default(),
             });
         }
         drop(view);
+        if bytes > kv_proto::MAX_READ_BYTES {
+            return Err(NodeError::ReadTooLarge {
+                max: kv_proto::MAX_READ_BYTES,
+            });
+        }
         Ok(ReadResponse {
             results,
             served_by: self.node.id,

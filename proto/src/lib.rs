@@ -69,6 +69,14 @@ const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// build a response of gigabytes. A page holds at least one key, so it can always advance.
 pub const MAX_SCAN_BYTES: usize = 4 * 1024 * 1024;
 
+/// Bytes of values past which a batch read (a node `Read`, a router `BatchGet`) is refused
+/// with `RESPONSE_TOO_LARGE` rather than answered: well under [`MAX_MESSAGE_BYTES`], and a
+/// read of many large values would otherwise be built whole in memory.
+pub const MAX_READ_BYTES: usize = 32 * 1024 * 1024;
+
+/// Most keys in one batch request (`BatchGet`, `BatchPut`, a node `Read`).
+pub const MAX_BATCH_KEYS: usize = 10_000;
+
 /// Largest gRPC message any of our servers or clients encode or decode.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -113,4 +121,8 @@ pub mod codes {
     pub const GROUP_FAILED: &str = "GROUP_FAILED";
     /// A group holds the most fences it can: admin changes were left unfinished.
     pub const TOO_MANY_FENCES: &str = "TOO_MANY_FENCES";
+    /// A batch read's values add up to more than `MAX_READ_BYTES`: read fewer keys at once.
+    pub const RESPONSE_TOO_LARGE: &str = "RESPONSE_TOO_LARGE";
+    /// A batch holds more than `MAX_BATCH_KEYS` keys.
+    pub const TOO_MANY_KEYS: &str = "TOO_MANY_KEYS";
 }

@@ -56,6 +56,12 @@ pub enum RouterError {
         asked: u32,
         last_error: String,
     },
+    /// A batch read's values add up to more than [`kv_proto::MAX_READ_BYTES`].
+    #[error("the values read add up to more than {max} bytes: read fewer keys at once")]
+    ReadTooLarge { max: usize },
+    /// A batch request with more than [`kv_proto::MAX_BATCH_KEYS`] keys.
+    #[error("{count} keys in one request; at most {max}")]
+    TooManyKeys { count: usize, max: usize },
     /// A node refused the request for a reason retrying cannot fix; passed on as is.
     #[error("shard group {group}: {message}")]
     Node {
@@ -152,6 +158,8 @@ impl RouterError {
                 Some(code.as_deref().unwrap_or(codes::NO_QUORUM))
             }
             RouterError::TooStale { .. } => Some(codes::STALE_REPLICA),
+            RouterError::ReadTooLarge { .. } => Some(codes::RESPONSE_TOO_LARGE),
+            RouterError::TooManyKeys { .. } => Some(codes::TOO_MANY_KEYS),
             RouterError::Node { error_code, .. } => error_code.as_deref(),
             RouterError::Map(MapError::UnknownGroup(_)) => Some(codes::UNKNOWN_GROUP),
             RouterError::Remap { code, .. } => Some(code),
@@ -192,6 +200,8 @@ impl RouterError {
             RouterError::KeyspaceNotEmpty { .. } | RouterError::DirectoryNotEmpty { .. } => {
                 Code::FailedPrecondition
             }
+            RouterError::ReadTooLarge { .. } => Code::ResourceExhausted,
+            RouterError::TooManyKeys { .. } => Code::InvalidArgument,
             _ => Code::Internal,
         }
     }

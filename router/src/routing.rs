@@ -1074,6 +1074,7 @@ impl Router {
         req: BatchGetRequest,
         deadline: Instant,
     ) -> Result<BatchGetResponse, RouterError> {
+        check_batch(req.keys.len())?;
         for key in &req.keys {
             self.limits
                 .check_key(key)
@@ -1096,6 +1097,13 @@ impl Router {
                 },
             )
             .await?;
+        // Each group's part is bounded by its node; together they may still be too much.
+        let bytes: usize = results.iter().map(|r| r.value.len()).sum();
+        if bytes > kv_proto::MAX_READ_BYTES {
+            return Err(RouterError::ReadTooLarge {
+                max: kv_proto::MAX_READ_BYTES,
+            });
+        }
         let mut token = session::start(req.session.as_ref());
         for r in results.iter().filter(|r| r.found) {
             session::observe(&mut token, r.group_id, r.version);
@@ -1112,6 +1120,7 @@ impl Router {
         req: BatchPutRequest,
         deadline: Instant,
     ) -> Result<BatchPutResponse, RouterError> {
+        check_batch(req.kvs.len())?;
         for kv in &req.kvs {
             self.limits
                 .check_key(&kv.key)
@@ -1192,6 +1201,17 @@ fn sub_request_id(base: &Bytes, group: GroupId, positions: &[usize]) -> Bytes {
     id.extend_from_slice(&(positions.first().copied().unwrap_or(0) as u64).to_be_bytes());
     id.extend_from_slice(&(positions.len() as u32).to_be_bytes());
     Bytes::from(id)
+}
+
+/// Refuses a batch of more than [`kv_proto::MAX_BATCH_KEYS`] keys.
+fn check_batch(count: usize) -> Result<(), RouterError> {
+    if count > kv_proto::MAX_BATCH_KEYS {
+        return Err(RouterError::TooManyKeys {
+            count,
+            max: kv_proto::MAX_BATCH_KEYS,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -173,3 +173,49 @@ async fn a_scan_of_megabyte_values_comes_in_pages_under_the_byte_budget() {
         );
     }
 }
+
+/// A batch read whose values add up to more than `kv_proto::MAX_READ_BYTES`, or a batch of too
+/// many keys, is refused with a code naming the problem, not built whole in memory; a smaller
+/// batch of the same keys still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_reads_too_large_or_too_many_are_refused_by_name() {
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let diag = cluster.diag();
+    let client = cluster.client_with(ClientOptions {
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    });
+    // One key read many times over: the values count each time.
+    client
+        .put("big-0", big_value(0))
+        .await
+        .unwrap_or_else(|e| panic!("put: {e} {diag}"));
+    let over = kv_proto::MAX_READ_BYTES / VALUE_BYTES + 1;
+    let err = client
+        .batch_get(vec!["big-0"; over], &ReadOptions::default())
+        .await
+        .expect_err("a batch read over the byte bound");
+    assert_eq!(
+        err.code(),
+        kv_proto::codes::RESPONSE_TOO_LARGE,
+        "{err} {diag}"
+    );
+    let got = client
+        .batch_get(vec!["big-0"; 4], &ReadOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("a small batch: {e} {diag}"));
+    assert!(got
+        .iter()
+        .all(|v| v.as_ref().is_some_and(|v| v.value == big_value(0))));
+
+    let keys: Vec<String> = (0..=kv_proto::MAX_BATCH_KEYS)
+        .map(|i| format!("k{i}"))
+        .collect();
+    let err = client
+        .batch_get(keys, &ReadOptions::default())
+        .await
+        .expect_err("a batch of too many keys");
+    assert_eq!(err.code(), kv_proto::codes::TOO_MANY_KEYS, "{err} {diag}");
+}
