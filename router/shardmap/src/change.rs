@@ -22,8 +22,10 @@ use crate::{
 pub const MAX_SHARDS: u32 = 1024;
 
 /// Most group replicas a node holds. Each is a Raft instance with its own tasks, heartbeats,
-/// log files and sled trees, so more keyspaces must not grow a node without bound.
-pub const MAX_REPLICAS_PER_NODE: usize = 2048;
+/// log files, entry cache and sled trees (about a megabyte of memory each, and their
+/// heartbeats alone cost CPU at a thousand), so more keyspaces must not grow a node without
+/// bound: more groups need more nodes.
+pub const MAX_REPLICAS_PER_NODE: usize = 256;
 /// Longest keyspace name.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -551,12 +553,12 @@ mod tests {
 
     #[test]
     fn keyspaces_stop_at_the_replicas_a_node_may_hold() {
-        // Three nodes hold every replica: two keyspaces of 1000 fit, a third does not.
+        // Three nodes hold every replica: two keyspaces of 100 fit, a third does not.
         let mut m = map(3);
         for i in 0..2 {
             m = m
                 .apply(&MapChange::CreateKeyspace(KeyspaceSpec {
-                    shards: 1000,
+                    shards: 100,
                     ..spec(&format!("k{i}"), StrategyKind::Hash)
                 }))
                 .unwrap();
@@ -567,7 +569,7 @@ mod tests {
                 ..spec("k2", StrategyKind::Hash)
             }))
             .unwrap_err();
-        assert!(err.to_string().contains("more than the 2048"), "{err}");
+        assert!(err.to_string().contains("more than the 256"), "{err}");
         assert!(!m.keyspaces.contains_key("k2"));
     }
 
