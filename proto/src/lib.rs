@@ -125,4 +125,6 @@ pub mod codes {
     pub const RESPONSE_TOO_LARGE: &str = "RESPONSE_TOO_LARGE";
     /// A batch holds more than `MAX_BATCH_KEYS` keys.
     pub const TOO_MANY_KEYS: &str = "TOO_MANY_KEYS";
+    /// The server has the most calls in flight it takes (`multi::SERVER_CALLS_IN_FLIGHT`).
+    pub const SERVER_BUSY: &str = "SERVER_BUSY";
 }

@@ -90,6 +90,8 @@ macro_rules! batch {
 pub trait Answer {
     type Outcome;
     fn outcome(self) -> Result<Self::Outcome, Status>;
+    /// The result of a call that failed with `status` before it ran.
+    fn failed(status: &Status) -> Self;
 }
 
 macro_rules! answer {
@@ -101,6 +103,12 @@ macro_rules! answer {
                     Some($($error)::+(e)) => Err(status_of(e)),
                     Some(outcome) => Ok(outcome),
                     None => Err(Status::internal("the peer answered a call with nothing")),
+                }
+            }
+            fn failed(status: &Status) -> Self {
+                Self {
+                    result: Some($($error)::+(call_error(status))),
+                    ..Default::default()
                 }
             }
         }
@@ -394,7 +402,33 @@ async fn read<R: Batch>(waiting: Arc<Waiting<R::Item>>, opening: Opening<R>) {
 /// A caller that sends more waits: the server stops reading its stream, and HTTP/2 flow control
 /// holds the caller back. Without a bound, a caller that sends without reading would grow the
 /// server's memory without end.
-pub const STREAM_CALLS_IN_FLIGHT: usize = 8192;
+pub const STREAM_CALLS_IN_FLIGHT: usize = 1024;
+
+/// Calls all streams of a process may have open together. Per-stream bounds alone let many
+/// streams that never read hold millions of calls (gigabytes, and a backlog that kept groups
+/// busy for a minute after the streams were gone); past this a call is refused at once with
+/// `SERVER_BUSY`.
+pub const SERVER_CALLS_IN_FLIGHT: usize = 16 * 1024;
+
+/// The answer to a call over [`SERVER_CALLS_IN_FLIGHT`].
+fn server_busy() -> Status {
+    let mut status = Status::resource_exhausted(format!(
+        "the server has {SERVER_CALLS_IN_FLIGHT} calls in flight, most of them on streams whose answers are not read: retry later"
+    ));
+    status.metadata_mut().insert(
+        crate::meta::ERROR_CODE,
+        AsciiMetadataValue::from_static(crate::codes::SERVER_BUSY),
+    );
+    status
+}
+
+/// The process-wide slots of [`SERVER_CALLS_IN_FLIGHT`].
+fn server_slots() -> Arc<Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    SLOTS
+        .get_or_init(|| Arc::new(Semaphore::new(SERVER_CALLS_IN_FLIGHT)))
+        .clone()
+}
 
 /// Serves a stream of call batches: every call runs in its own task through `handle`, and
 /// results go back, batched as they are ready, named by their call's id. The stream ends once
@@ -403,18 +437,30 @@ pub fn serve_stream<Q, R, H, Fut>(mut incoming: Streaming<Q>, handle: H) -> Inbo
 where
     Q: Batch,
     R: Batch,
+    R::Item: Answer,
     H: Fn(Q::Item) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R::Item> + Send + 'static,
 {
     let (results, ready) = mpsc::unbounded_channel();
     let slots = Arc::new(Semaphore::new(STREAM_CALLS_IN_FLIGHT));
+    let shared = server_slots();
     tokio::spawn(async move {
         while let Ok(Some(message)) = incoming.message().await {
             for call in message.into_items() {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
+                let Ok(own) = slots.clone().acquire_owned().await else {
                     return;
                 };
                 let id = call.id();
+                // Every slot of the process taken: answered at once rather than queued, so
+                // that streams that never read cannot make every other caller wait. The
+                // answer still holds this stream's own slot until it is read.
+                let Ok(shared_slot) = shared.clone().try_acquire_owned() else {
+                    let mut refused = R::Item::failed(&server_busy());
+                    refused.set_id(id);
+                    let _ = results.send((refused, (own, None)));
+                    continue;
+                };
+                let slot = (own, Some(shared_slot));
                 let results = results.clone();
                 let answer = handle(call);
                 tokio::spawn(async move {
@@ -426,8 +472,13 @@ where
         }
     });
     // Taking a result out of the queue frees its call's slot.
-    let answers: Outbound<R, (R::Item, OwnedSemaphorePermit)> =
-        Outbound::new(ready, |(item, _slot)| item);
+    let answers: Outbound<
+        R,
+        (
+            R::Item,
+            (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+        ),
+    > = Outbound::new(ready, |(item, _slot)| item);
     Box::pin(answers.map(Ok))
 }
 
@@ -579,6 +630,10 @@ where
     let batch_timeout = request.metadata().get("grpc-timeout").cloned();
     let calls = request.into_inner().into_items();
     check_count(calls.len())?;
+    // The batch's calls count against the same process-wide bound as streamed ones.
+    let _slots = server_slots()
+        .try_acquire_many_owned(calls.len() as u32)
+        .map_err(|_| server_busy())?;
     let results = futures::future::join_all(
         calls
             .into_iter()

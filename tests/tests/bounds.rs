@@ -219,3 +219,103 @@ async fn batch_reads_too_large_or_too_many_are_refused_by_name() {
         .expect_err("a batch of too many keys");
     assert_eq!(err.code(), kv_proto::codes::TOO_MANY_KEYS, "{err} {diag}");
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Many `MultiStream` streams that send calls and never read the answers: the router holds a
+/// bounded number of calls for them (its memory stays put), answers the rest `SERVER_BUSY`
+/// rather than queueing them, and serves other clients again as soon as those streams are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_never_read_their_answers_hold_bounded_memory() {
+    use kv_proto::kv::{call, kv_client::KvClient, Call, GetRequest, MultiRequest};
+
+    let mut cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let diag = cluster.diag();
+    let endpoint = cluster.router().endpoint();
+    let pid = cluster.routers_mut()[0]
+        .process()
+        .pid()
+        .expect("router pid");
+    let client = cluster.client();
+    client
+        .put("k", "v")
+        .await
+        .unwrap_or_else(|e| panic!("put: {e} {diag}"));
+    let before = rss_bytes(pid);
+
+    // Each stream offers far more calls than the router's bound for all streams together.
+    const STREAMS: usize = 40;
+    const MESSAGES: usize = 400;
+    const CALLS: usize = 256;
+    let mut held = Vec::new();
+    for s in 0..STREAMS {
+        let mut kv = KvClient::connect(endpoint.clone())
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e} {diag}"));
+        let messages = futures::stream::iter((0..MESSAGES).map(move |m| {
+            MultiRequest {
+                calls: (0..CALLS)
+                    .map(|c| Call {
+                        call: Some(call::Call::Get(GetRequest {
+                            key: "k".into(),
+                            ..Default::default()
+                        })),
+                        id: ((s * MESSAGES + m) * CALLS + c) as u64,
+                        ..Default::default()
+                    })
+                    .collect(),
+            }
+        }));
+        // The answers stream is kept, never polled.
+        let answers = tokio::spawn(async move { kv.multi_stream(messages).await.map(|r| (kv, r)) });
+        held.push(answers);
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let during = rss_bytes(pid);
+    assert!(
+        during < before + 512 * 1024 * 1024,
+        "router RSS grew from {before} to {during} bytes for streams that never read {diag}"
+    );
+
+    // Gone: the router serves again at once, not after working off a backlog.
+    for h in &held {
+        h.abort();
+    }
+    drop(held);
+    let started = Instant::now();
+    let got = cluster::wait_for_get(&client, "k").await;
+    assert!(
+        got.is_ok(),
+        "no get served after the streams went away ({:?}): {got:?} {diag}",
+        started.elapsed()
+    );
+}
+
+mod cluster {
+    use std::time::Duration;
+
+    /// A get of `key` that succeeds within 20 s, retrying what fails meanwhile.
+    pub async fn wait_for_get(client: &kvclient::Client, key: &str) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.get(key.to_string()).await {
+                Ok(Some(_)) => return Ok(()),
+                other if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("{other:?}"))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
