@@ -13,6 +13,7 @@
 //! - [`error`]: the node's errors and their mapping to gRPC statuses.
 //! - [`freshness`]: how recently each replica heard from its leader (max staleness).
 //! - [`http`]: health, readiness and metrics.
+//! - [`supervise`]: a group whose Raft core stops at run time stops the node.
 
 // openraft's StorageError is large and is the error type its traits demand.
 #![allow(clippy::result_large_err)]
@@ -27,6 +28,7 @@ pub mod node;
 pub mod read_index;
 pub mod service;
 pub mod storage;
+pub mod supervise;
 pub mod types;
 
 use kv_proto::node::node_server::NodeServer;
@@ -45,6 +47,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), error::NodeError> {
     let node = node::Node::start(config, shutdown.clone()).await?;
+    tokio::spawn(supervise::watch_groups(node.clone(), shutdown.clone()));
     if let Some(http) = http {
         let (node, shutdown) = (node.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -65,5 +68,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(kv_proto::nodelay_incoming(listener), shutdown.cancelled())
         .await;
     node.shutdown().await;
-    served.map_err(|e| error::NodeError::Fatal(format!("grpc server: {e}")))
+    served.map_err(|e| error::NodeError::Fatal(format!("grpc server: {e}")))?;
+    match node.storage_failure() {
+        Some(why) => Err(error::NodeError::Fatal(why)),
+        None => Ok(()),
+    }
 }

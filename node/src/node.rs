@@ -136,6 +136,8 @@ pub struct Node {
     /// the node nor hides among the healthy ones: requests for it get
     /// [`NodeError::GroupFailed`], and `/ready` and `/metrics` name it.
     failed: RwLock<BTreeMap<GroupId, String>>,
+    /// Why the node is stopping after a group's Raft core stopped (see [`crate::supervise`]).
+    storage_failure: RwLock<Option<String>>,
     pub flusher: Flusher,
     /// Eventual writes waiting for their entry to be durable in this (leader's) log.
     acks: DurableAcks,
@@ -190,6 +192,7 @@ impl Node {
             map: watch::channel(Arc::new(MapState::new(map)?)).0,
             groups: RwLock::new(HashMap::new()),
             failed: RwLock::new(BTreeMap::new()),
+            storage_failure: RwLock::new(None),
             flusher,
             acks: DurableAcks::new(stored.id),
             db,
@@ -369,6 +372,24 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// Records why the node is stopping (see [`crate::supervise`]): from then on it is not
+    /// ready.
+    pub fn record_storage_failure(&self, why: String) {
+        let mut failure = self
+            .storage_failure
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        failure.get_or_insert(why);
+    }
+
+    /// Why the node is stopping, if a group's Raft core stopped.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.storage_failure
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The groups placed here that failed to start, with why, by group id.
@@ -582,6 +603,9 @@ impl Node {
             .into_iter()
             .map(|(g, reason)| format!("shard group {g} failed: {reason}"))
             .collect();
+        if let Some(failure) = self.storage_failure() {
+            why.insert(0, format!("stopping: {failure}"));
+        }
         for g in self.groups() {
             if g.raft.metrics().borrow().current_leader.is_none() {
                 why.push(format!("shard group {} has no leader", g.id));
