@@ -324,36 +324,13 @@ impl NodeApi for NodeService {
             budget,
         )
         .await?;
-        let view = group.data.read_view();
-        let applied_index = group.data.applied_index();
-        let iter = if req.end.is_empty() {
-            group.data.data.range(req.start.as_ref()..)
-        } else {
-            group.data.data.range(req.start.as_ref()..req.end.as_ref())
-        };
-        let mut kvs = Vec::new();
-        let mut more = false;
-        let mut bytes = 0;
-        for item in iter {
-            let (k, v) = item.map_err(NodeError::from)?;
-            if kvs.len() == limit || bytes >= kv_proto::MAX_SCAN_BYTES {
-                more = true;
-                break;
-            }
-            let (version, value) = keys::decode_value(&v)
-                .ok_or_else(|| NodeError::Storage(format!("corrupt value under key {k:?}")))?;
-            bytes += k.len() + if req.keys_only { 0 } else { value.len() };
-            kvs.push(KeyValue {
-                key: Bytes::copy_from_slice(&k),
-                value: if req.keys_only {
-                    Bytes::new()
-                } else {
-                    Bytes::copy_from_slice(value)
-                },
-                version,
-            });
-        }
-        drop(view);
+        // Off the async workers: a page is thousands of keys under the state machine's read
+        // lock, and other requests must not wait behind it.
+        let data = group.data.clone();
+        let (kvs, more, applied_index) =
+            tokio::task::spawn_blocking(move || scan_page(&data, &req, limit))
+                .await
+                .map_err(|e| NodeError::Fatal(format!("a scan task failed: {e}")))??;
         Ok(GrpcResponse::new(NodeScanResponse {
             kvs,
             more,
@@ -548,4 +525,42 @@ impl RaftApi for RaftService {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.payload)?;
         reply(&group.raft.install_snapshot(rpc).await)
     }
+}
+/// One page of a scan of `data`: at most `limit` keys and about
+/// [`kv_proto::MAX_SCAN_BYTES`], whether more remain, and the applied index it was read at.
+fn scan_page(
+    data: &crate::storage::GroupData,
+    req: &NodeScanRequest,
+    limit: usize,
+) -> Result<(Vec<KeyValue>, bool, u64), NodeError> {
+    let _view = data.read_view();
+    let applied_index = data.applied_index();
+    let iter = if req.end.is_empty() {
+        data.data.range(req.start.as_ref()..)
+    } else {
+        data.data.range(req.start.as_ref()..req.end.as_ref())
+    };
+    let mut kvs = Vec::new();
+    let mut more = false;
+    let mut bytes = 0;
+    for item in iter {
+        let (k, v) = item.map_err(NodeError::from)?;
+        if kvs.len() == limit || bytes >= kv_proto::MAX_SCAN_BYTES {
+            more = true;
+            break;
+        }
+        let (version, value) = keys::decode_value(&v)
+            .ok_or_else(|| NodeError::Storage(format!("corrupt value under key {k:?}")))?;
+        bytes += k.len() + if req.keys_only { 0 } else { value.len() };
+        kvs.push(KeyValue {
+            key: Bytes::copy_from_slice(&k),
+            value: if req.keys_only {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(value)
+            },
+            version,
+        });
+    }
+    Ok((kvs, more, applied_index))
 }
