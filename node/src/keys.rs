@@ -37,6 +37,8 @@ pub const JOURNAL: &[u8] = b"journal";
 pub const CLUSTER_MAP: &[u8] = b"cluster_map";
 /// In a group's `sm` tree: its fences (`Vec<types::Fence>`, bincode).
 pub const FENCES: &[u8] = b"fences";
+/// In a group's `sm` tree: the request ids' aging clock as of its last new term (bincode).
+pub const DEDUP_CLOCK: &[u8] = b"dedup_clock";
 
 /// The sled database, under the data dir.
 pub fn db_dir(data_dir: &Path) -> PathBuf {

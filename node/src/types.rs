@@ -229,8 +229,9 @@ pub struct Dedup {
     #[serde(with = "serde_bytes")]
     pub id: Vec<u8>,
     /// The proposing leader's wall clock, in ms since the epoch. Ids are remembered for
-    /// [`DEDUP_WINDOW_MS`] of this clock, as the log carries it, so every replica forgets the
-    /// same ids.
+    /// [`DEDUP_WINDOW_MS`] of this clock as the log carries it, each leader's counted only
+    /// from the start of its term (the state machine's `AgingClock`), so every replica
+    /// forgets the same ids and no leader's skewed clock makes them forget early.
     pub at_ms: u64,
 }
 

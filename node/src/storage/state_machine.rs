@@ -31,6 +31,52 @@ struct SnapshotBody {
     dedup: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
     /// The group's fences: a replica restored from a snapshot refuses what the others refuse.
     fences: Vec<Fence>,
+    /// The request ids' aging clock, so that a restored replica forgets them when the others do.
+    aging: AgingClock,
+}
+
+/// The clock request ids age by ([`DEDUP_WINDOW_MS`]). Each term's entries carry their leader's
+/// wall clock, but only its progress within the term counts: at a new term the clock goes on
+/// from where the last one left it. A new leader whose clock runs minutes ahead would otherwise
+/// make every replica forget every id at once (and a retry apply twice), and one behind would
+/// make them keep ids too long. Derived from the log alone, so every replica ages alike; stored
+/// at each new term (`keys::DEDUP_CLOCK`) and in snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct AgingClock {
+    /// The term of the last entry that carried request ids.
+    term: u64,
+    /// The proposer's clock at that term's first such entry.
+    term_start_ms: u64,
+    /// The aging clock when that term began.
+    clock_at_term_start: u64,
+    /// The aging clock after the last entry; it never goes back.
+    now: u64,
+}
+
+impl AgingClock {
+    /// The aging clock at an entry of `term` proposed at `at_ms` by its leader's clock.
+    fn observe(&mut self, term: u64, at_ms: u64) -> u64 {
+        if term != self.term {
+            // The first term ever seen starts from its leader's clock, so records read as
+            // times; later ones go on from the last.
+            let base = if self.term == 0 && self.now == 0 {
+                at_ms
+            } else {
+                self.now
+            };
+            *self = AgingClock {
+                term,
+                term_start_ms: at_ms,
+                clock_at_term_start: base,
+                now: self.now,
+            };
+        }
+        let at = self
+            .clock_at_term_start
+            .saturating_add(at_ms.saturating_sub(self.term_start_ms));
+        self.now = self.now.max(at);
+        self.now
+    }
 }
 
 /// A snapshot as kept on disk, so it survives restarts and can be sent to followers.
@@ -127,6 +173,7 @@ pub struct StateMachine {
     replay: HashMap<u64, Decided>,
     /// The fences as applied: apply's own copy, so that deciding a write takes no lock.
     fences: Arc<Vec<Fence>>,
+    aging: AgingClock,
 }
 
 /// What an `apply` call decided for one entry. The decisions of a whole call are stored (one
@@ -176,6 +223,28 @@ fn move_snapshot_out_of(sm: &sled::Tree, snapshots: &sled::Tree) -> Result<(), S
         sm.remove(keys::SNAPSHOT).map_err(werr)?;
     }
     Ok(())
+}
+
+/// The aging clock as stored at its last new term, brought up to the newest request-id record.
+fn load_aging(sm: &sled::Tree, dedup: &sled::Tree) -> Result<AgingClock, StorageError> {
+    let rerr = |e: sled::Error| read_err(ErrorSubject::StateMachine, e);
+    let mut aging: AgingClock = match sm.get(keys::DEDUP_CLOCK).map_err(rerr)? {
+        Some(raw) => {
+            bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?
+        }
+        None => AgingClock::default(),
+    };
+    let newest = dedup
+        .scan_prefix(b"e")
+        .next_back()
+        .transpose()
+        .map_err(rerr)?;
+    if let Some((key, _)) = newest {
+        if let Some(at) = key.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            aging.now = aging.now.max(u64::from_be_bytes(at));
+        }
+    }
+    Ok(aging)
 }
 
 /// The fences as stored.
@@ -244,6 +313,7 @@ impl StateMachine {
             remembered: HashMap::new(),
             replay: HashMap::new(),
             fences: Arc::default(),
+            aging: AgingClock::default(),
         };
         // A crash in the middle of installing a snapshot leaves the marker: finish the job
         // from the stored snapshot before anyone reads the half-written data tree.
@@ -260,6 +330,7 @@ impl StateMachine {
             }
         }
         me.remembered = load_remembered(&me.shared.dedup)?;
+        me.aging = load_aging(&me.shared.sm, &me.shared.dedup)?;
         let fences = load_fences(&me.shared.sm)?;
         me.fences = Arc::new(fences.clone());
         me.shared.set_fences(fences);
@@ -395,6 +466,9 @@ impl StateMachine {
         sm.insert(keys::FENCES, ser(&body.fences)?).map_err(werr)?;
         self.fences = Arc::new(body.fences.clone());
         self.shared.set_fences(body.fences);
+        sm.insert(keys::DEDUP_CLOCK, ser(&body.aging)?)
+            .map_err(werr)?;
+        self.aging = body.aging;
         sm.remove(keys::JOURNAL).map_err(werr)?;
         self.replay.clear();
         sm.remove(keys::INSTALLING).map_err(werr)?;
@@ -725,7 +799,13 @@ impl StateMachine {
     }
 
     /// Writes what an entry's decision does: data, its request-id record, the cluster map.
-    fn write_effects(&self, e: &Entry, d: &Decided, fresh: &Fresh) -> Result<(), StorageError> {
+    fn write_effects(
+        &self,
+        e: &Entry,
+        d: &Decided,
+        fresh: &Fresh,
+        age: Option<u64>,
+    ) -> Result<(), StorageError> {
         let werr = |e: sled::Error| sto_err(ErrorSubject::Apply(d.log_id), ErrorVerb::Write, e);
         let index = e.log_id.index;
         let mut any_applied = false;
@@ -747,8 +827,8 @@ impl StateMachine {
             }
         }
         // The ids this entry applied, with their results, in one record.
-        if any_applied {
-            if let Some((at, ids)) = request_ids(&e.payload) {
+        if let (true, Some(at)) = (any_applied, age) {
+            if let Some((_, ids)) = request_ids(&e.payload) {
                 let pairs: Vec<(&[u8], &Vec<OpResult>)> = ids
                     .into_iter()
                     .filter_map(|id| fresh.get(id).map(|r| (id, r)))
@@ -819,6 +899,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 membership_raw = Some(ser(&StoredMembership::new(Some(e.log_id), m.clone()))?);
             }
         }
+        // Every entry with request ids moves the aging clock, batch entries included: a group
+        // that only sees batches must forget too, or its table grows without end.
+        let mut aging = self.aging;
+        let ages: Vec<Option<u64>> = entries
+            .iter()
+            .map(|e| {
+                request_ids(&e.payload).map(|(at, _)| aging.observe(e.log_id.leader_id.term, at))
+            })
+            .collect();
         let has_effects = decided.iter().any(|d| {
             d.map.is_some()
                 || d.applied.iter().any(|a| *a)
@@ -845,8 +934,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .insert(keys::JOURNAL, ser(&journal)?)
                     .map_err(werr)?;
             }
-            for (e, d) in entries.iter().zip(&decided) {
-                self.write_effects(e, d, &pending.fresh)?;
+            for ((e, d), age) in entries.iter().zip(&decided).zip(&ages) {
+                self.write_effects(e, d, &pending.fresh, *age)?;
+            }
+            if aging.term != self.aging.term {
+                self.shared
+                    .sm
+                    .insert(keys::DEDUP_CLOCK, ser(&aging)?)
+                    .map_err(werr)?;
             }
             if let Some(m) = &membership_raw {
                 self.shared
@@ -865,14 +960,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.fences = Arc::new(fences.clone());
             self.shared.set_fences(fences);
         }
-        // Every entry with request ids moves the log's clock, batch entries included: a group
-        // that only sees batches must forget too, or its table grows without end.
-        if let Some(now) = entries
-            .iter()
-            .rev()
-            .find_map(|e| request_ids(&e.payload).map(|(at, _)| at))
-        {
-            self.forget_request_ids_before(now.saturating_sub(DEDUP_WINDOW_MS))?;
+        let moved = ages.iter().any(Option::is_some);
+        self.aging = aging;
+        if moved {
+            self.forget_request_ids_before(aging.now.saturating_sub(DEDUP_WINDOW_MS))?;
         }
         if decided.iter().any(|d| d.map.is_some()) {
             self.shared.map_changed.send_modify(|v| *v += 1);
@@ -915,6 +1006,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 kvs,
                 dedup,
                 fences: self.fences.to_vec(),
+                aging: self.aging,
             })
         })();
         SnapshotBuilder {
@@ -1157,12 +1249,19 @@ mod tests {
                 epoch: 2,
                 tag: 3,
             }],
+            aging: AgingClock {
+                term: 1,
+                term_start_ms: 1000,
+                clock_at_term_start: 1000,
+                now: 1000,
+            },
         }
     }
 
     /// `snapshot_body()` encoded: last_applied, membership, cluster_map (option of bytes), kvs
     /// and dedup (lists of (bytes, bytes)); a stored value is its version (u64 big-endian)
-    /// then its bytes; then fences (start, end, epoch, tag).
+    /// then its bytes; then fences (start, end, epoch, tag); then the aging clock (term,
+    /// term_start_ms, clock_at_term_start, now).
     fn snapshot_body_hex() -> String {
         format!(
             "01 {LOG_ID_1_1}
@@ -1172,7 +1271,8 @@ mod tests {
              0100000000000000 1100000000000000 65 00000000000003e8 0000000000000001
              {:016x} {}
              0100000000000000 0100000000000000 61 0000000000000000
-             0200000000000000 0300000000000000",
+             0200000000000000 0300000000000000
+             0100000000000000 e803000000000000 e803000000000000 e803000000000000",
             (unhex(&request_id_record()).len() as u64).swap_bytes(),
             request_id_record()
         )
@@ -1249,6 +1349,11 @@ mod tests {
             raw(&tree(keys::dedup_tree(7)), &keys::dedup_entry_key(1000, 1)),
             hex(&unhex(&request_id_record())),
             "request-id record: {CHANGED}"
+        );
+        assert_eq!(
+            raw(&sm_tree, keys::DEDUP_CLOCK),
+            "0100000000000000e803000000000000e803000000000000e803000000000000",
+            "aging clock: {CHANGED}"
         );
 
         let snapshot = sm

@@ -82,6 +82,54 @@ mod dedup {
         }
     }
 
+    /// `put` at `index` of `term`.
+    fn put_in_term(term: u64, index: u64, value: &str, id: &str, at_ms: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            ..put(index, value, Some(id), at_ms)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_whose_clock_runs_ahead_does_not_make_replicas_forget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path()).expect("sled");
+        let mut sm =
+            StateMachine::open(&db, 7, Flusher::start(db.clone()).expect("flusher")).unwrap();
+        let t0 = 1_000_000;
+        sm.apply([put_in_term(1, 1, "a", "r1", t0)]).await.unwrap();
+        // Term 2's leader is ten minutes ahead of term 1's: only its progress within the term
+        // counts, so r1 is still remembered, and its retry answered, not applied again.
+        let ahead = t0 + 10 * 60 * 1000;
+        sm.apply([put_in_term(2, 2, "b", "r2", ahead)])
+            .await
+            .unwrap();
+        let out = sm
+            .apply([put_in_term(2, 3, "a", "r1", ahead + 1)])
+            .await
+            .unwrap();
+        assert_eq!(version(&out[0]), 1, "r1 was applied again");
+        // Restarted, the replica ages alike.
+        drop(sm);
+        let mut sm =
+            StateMachine::open(&db, 7, Flusher::start(db.clone()).expect("flusher")).unwrap();
+        let out = sm
+            .apply([put_in_term(2, 4, "a", "r1", ahead + 2)])
+            .await
+            .unwrap();
+        assert_eq!(version(&out[0]), 1, "r1 was applied again after a restart");
+        // The window still passes, by the term's own clock.
+        let later = ahead + DEDUP_WINDOW_MS + 1000;
+        sm.apply([put_in_term(2, 5, "c", "r3", later)])
+            .await
+            .unwrap();
+        let out = sm
+            .apply([put_in_term(2, 6, "a", "r1", later + 1)])
+            .await
+            .unwrap();
+        assert_eq!(version(&out[0]), 6, "r1 was remembered past the window");
+    }
+
     #[tokio::test]
     async fn a_retried_request_id_is_answered_not_applied_again() {
         let dir = tempfile::tempdir().unwrap();
