@@ -410,6 +410,10 @@ pub const STREAM_CALLS_IN_FLIGHT: usize = 1024;
 /// `SERVER_BUSY`.
 pub const SERVER_CALLS_IN_FLIGHT: usize = 16 * 1024;
 
+/// What a call holds until its answer is taken out of the queue: its stream's slot, and the
+/// process's unless it was refused for want of one.
+type CallSlots = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+
 /// The answer to a call over [`SERVER_CALLS_IN_FLIGHT`].
 fn server_busy() -> Status {
     let mut status = Status::resource_exhausted(format!(
@@ -472,13 +476,7 @@ where
         }
     });
     // Taking a result out of the queue frees its call's slot.
-    let answers: Outbound<
-        R,
-        (
-            R::Item,
-            (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
-        ),
-    > = Outbound::new(ready, |(item, _slot)| item);
+    let answers: Outbound<R, (R::Item, CallSlots)> = Outbound::new(ready, |(item, _slot)| item);
     Box::pin(answers.map(Ok))
 }
 
