@@ -139,14 +139,14 @@ impl NodeService {
         let mut results = Vec::with_capacity(req.keys.len());
         let mut bytes = 0;
         for k in &req.keys {
-            if bytes > kv_proto::MAX_READ_BYTES {
-                return Err(NodeError::ReadTooLarge {
-                    max: kv_proto::MAX_READ_BYTES,
-                });
-            }
             results.push(match group.data.get(k).map_err(NodeError::from)? {
                 Some((version, value)) => {
                     bytes += value.len();
+                    if bytes > kv_proto::MAX_READ_BYTES {
+                        return Err(NodeError::ReadTooLarge {
+                            max: kv_proto::MAX_READ_BYTES,
+                        });
+                    }
                     ReadResult {
                         found: true,
                         value: value.into(),
@@ -157,11 +157,6 @@ impl NodeService {
             });
         }
         drop(view);
-        if bytes > kv_proto::MAX_READ_BYTES {
-            return Err(NodeError::ReadTooLarge {
-                max: kv_proto::MAX_READ_BYTES,
-            });
-        }
         Ok(ReadResponse {
             results,
             served_by: self.node.id,
