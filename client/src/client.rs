@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{self, Stream, TryStreamExt};
 use kv_proto::kv::call::Call;
 use kv_proto::kv::call_result::Result as Outcome;
 use kv_proto::kv::{self, admin_client::AdminClient, kv_client::KvClient};
@@ -364,7 +365,8 @@ impl Client {
     }
 
     /// All keys in `[start, end)` (at most `options.limit` when it is not 0), paging through
-    /// the server's pages.
+    /// the server's pages, collected. For large ranges prefer [`Client::scan_stream`], which
+    /// holds one page at a time.
     ///
     /// Each page is a separate call with its own time budget, and pages are not one snapshot:
     /// a write between two pages may or may not be seen.
@@ -374,45 +376,67 @@ impl Client {
         end: impl Into<Bytes>,
         options: &ScanOptions,
     ) -> Result<Vec<KeyValue>, Error> {
-        self.scan_all_in(start.into(), end.into(), options, None)
+        self.scan_pages(start.into(), end.into(), options, None)
+            .try_collect()
             .await
     }
 
-    pub(crate) async fn scan_all_in(
-        &self,
-        mut start: Bytes,
+    /// The keys in `[start, end)` (at most `options.limit` when it is not 0) as a stream that
+    /// asks for the next page only when the last one has been consumed, so memory stays at
+    /// one page (at most [`kv_proto::MAX_SCAN_BYTES`]) however large the range. Pages are not
+    /// one snapshot, as for [`Client::scan_all`]; an error ends the stream.
+    pub fn scan_stream<'a>(
+        &'a self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        options: &'a ScanOptions,
+    ) -> impl Stream<Item = Result<KeyValue, Error>> + 'a {
+        self.scan_pages(start.into(), end.into(), options, None)
+    }
+
+    pub(crate) fn scan_pages<'a>(
+        &'a self,
+        start: Bytes,
         end: Bytes,
-        options: &ScanOptions,
-        session: Option<&Session>,
-    ) -> Result<Vec<KeyValue>, Error> {
-        let mut all = Vec::new();
-        loop {
-            let want = if options.limit == 0 {
-                0
-            } else {
-                let got = u32::try_from(all.len()).unwrap_or(u32::MAX);
-                options.limit.saturating_sub(got)
-            };
-            let page = self
-                .scan_page(start.clone(), end.clone(), want, options, session)
-                .await?;
-            let Some(last) = page.kvs.last() else {
-                // An empty page cannot advance, whatever `more` says.
-                break;
-            };
-            let next = next_start(&last.key);
-            all.extend(page.kvs);
-            let reached_limit = options.limit != 0 && all.len() >= options.limit as usize;
-            let reached_end = !end.is_empty() && next >= end;
-            if !page.more || reached_limit || reached_end {
-                break;
+        options: &'a ScanOptions,
+        session: Option<&'a Session>,
+    ) -> impl Stream<Item = Result<KeyValue, Error>> + 'a {
+        let limit = options.limit as usize;
+        // The state: where the next page starts and how many keys came before it; `None` once
+        // the range, the limit or the server's pages are exhausted.
+        let first = Some((start, 0usize));
+        stream::try_unfold(first, move |state| {
+            let end = end.clone();
+            async move {
+                let Some((start, seen)) = state else {
+                    return Ok(None);
+                };
+                let want = if limit == 0 {
+                    0
+                } else {
+                    u32::try_from(limit - seen).unwrap_or(u32::MAX)
+                };
+                let page = self
+                    .scan_page(start, end.clone(), want, options, session)
+                    .await?;
+                let mut kvs = page.kvs;
+                let Some(last) = kvs.last() else {
+                    // An empty page cannot advance, whatever `more` says.
+                    return Ok(None);
+                };
+                let next = next_start(&last.key);
+                if limit != 0 {
+                    kvs.truncate(limit - seen);
+                }
+                let seen = seen + kvs.len();
+                let reached_limit = limit != 0 && seen >= limit;
+                let reached_end = !end.is_empty() && next >= end;
+                let done = !page.more || reached_limit || reached_end;
+                Ok(Some((kvs, (!done).then_some((next, seen)))))
             }
-            start = next;
-        }
-        if options.limit != 0 {
-            all.truncate(options.limit as usize);
-        }
-        Ok(all)
+        })
+        .map_ok(|kvs| stream::iter(kvs.into_iter().map(Ok)))
+        .try_flatten()
     }
 
     pub(crate) async fn scan_page(

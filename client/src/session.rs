@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures::stream::{Stream, TryStreamExt};
 use kv_proto::kv;
 
 use crate::{
@@ -166,8 +167,20 @@ impl Session {
         options: &ScanOptions,
     ) -> Result<Vec<KeyValue>, Error> {
         self.client
-            .scan_all_in(start.into(), end.into(), options, Some(self))
+            .scan_pages(start.into(), end.into(), options, Some(self))
+            .try_collect()
             .await
+    }
+
+    /// As [`Client::scan_stream`], within the session.
+    pub fn scan_stream<'a>(
+        &'a self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        options: &'a ScanOptions,
+    ) -> impl Stream<Item = Result<KeyValue, Error>> + 'a {
+        self.client
+            .scan_pages(start.into(), end.into(), options, Some(self))
     }
 
     /// As [`Client::batch_get`], within the session.

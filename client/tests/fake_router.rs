@@ -806,6 +806,48 @@ async fn scan_all_pages_through_everything() {
 }
 
 #[tokio::test]
+async fn scan_stream_asks_for_a_page_only_when_it_is_needed() {
+    use futures::StreamExt;
+    let (addr, state) = start().await;
+    let client = Client::connect([addr.to_string()]).unwrap();
+    let keys: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+    client
+        .batch_put(
+            keys.iter().map(|k| (k.clone(), "v")),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    state.page.store(4, Ordering::SeqCst);
+    let options = ScanOptions::default();
+
+    let before = state.calls.load(Ordering::SeqCst);
+    let mut stream = std::pin::pin!(client.scan_stream("", "", &options));
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(stream.next().await.unwrap().unwrap().key);
+    }
+    assert_eq!(
+        state.calls.load(Ordering::SeqCst) - before,
+        2,
+        "two pages of 4 for 5 keys"
+    );
+    while let Some(kv) = stream.next().await {
+        got.push(kv.unwrap().key);
+    }
+    let want: Vec<Bytes> = keys.iter().map(|k| Bytes::from(k.clone())).collect();
+    assert_eq!(got, want);
+
+    let limited = ScanOptions {
+        limit: 6,
+        ..Default::default()
+    };
+    let some: Vec<_> = client.scan_stream("k10", "", &limited).collect().await;
+    let some: Vec<Bytes> = some.into_iter().map(|kv| kv.unwrap().key).collect();
+    assert_eq!(some, want[10..16].to_vec());
+}
+
+#[tokio::test]
 async fn batch_get_keeps_request_order() {
     let (addr, _) = start().await;
     let client = Client::connect([addr.to_string()]).unwrap();

@@ -149,6 +149,61 @@ async fn kvctl_commands_print_and_exit_as_documented() {
     );
 }
 
+/// A listing longer than the server's page (1,000 keys) comes out whole and in order, printed
+/// page by page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_scan_pages_through_long_listings() {
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let diag = cluster.diag();
+    let keys: Vec<String> = (0..2_500).map(|i| format!("p{i:05}")).collect();
+    for chunk in keys.chunks(500) {
+        cluster
+            .client()
+            .batch_put(
+                chunk.iter().map(|k| (k.clone(), format!("v{k}"))),
+                &kvclient::WriteOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("batch_put: {e} {diag}"));
+    }
+
+    let out = cluster
+        .kvctl(["scan", "p", "q", "--keys-only"])
+        .await
+        .unwrap();
+    expect_exit("scan --keys-only", &out, 0, &diag);
+    let listed: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert!(
+        listed == keys,
+        "{} keys listed of {} {diag}",
+        listed.len(),
+        keys.len()
+    );
+
+    let out = cluster
+        .kvctl(["scan", "p", "q", "--limit", "1500"])
+        .await
+        .unwrap();
+    expect_exit("scan --limit 1500", &out, 0, &diag);
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(lines.len(), 1500, "{diag}");
+    assert_eq!(lines[1499], "p01499	vp01499", "{diag}");
+
+    let out = cluster
+        .kvctl(["scan", "p01000", "", "-o", "json"])
+        .await
+        .unwrap();
+    expect_exit("scan -o json", &out, 0, &diag);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("scan -o json is not JSON: {e} {diag}"));
+    let rows = json.as_array().expect("an array");
+    assert_eq!(rows.len(), 1500, "{diag}");
+    assert_eq!(rows[0]["key"], "p01000", "{diag}");
+    assert_eq!(rows[1499]["value"], "vp02499", "{diag}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvctl_reports_an_unreachable_router_with_exit_1() {
     // Nothing listens there.

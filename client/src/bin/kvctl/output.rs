@@ -78,20 +78,20 @@ pub fn delete_json(key: &[u8], existed: bool, version: u64) -> Value {
 }
 
 /// `scan -o json`: an array of `{key, value, version}`; without values when keys-only.
+#[cfg(test)]
 pub fn scan_json(kvs: &[KeyValue], keys_only: bool) -> Value {
-    Value::Array(
-        kvs.iter()
-            .map(|kv| {
-                let mut object = Map::new();
-                insert_bytes(&mut object, "key", &kv.key);
-                if !keys_only {
-                    insert_bytes(&mut object, "value", &kv.value);
-                }
-                object.insert("version".into(), kv.version.into());
-                Value::Object(object)
-            })
-            .collect(),
-    )
+    Value::Array(kvs.iter().map(|kv| scan_json_item(kv, keys_only)).collect())
+}
+
+/// One key of `scan -o json`.
+pub fn scan_json_item(kv: &KeyValue, keys_only: bool) -> Value {
+    let mut object = Map::new();
+    insert_bytes(&mut object, "key", &kv.key);
+    if !keys_only {
+        insert_bytes(&mut object, "value", &kv.value);
+    }
+    object.insert("version".into(), kv.version.into());
+    Value::Object(object)
 }
 
 /// `scan` as text: `KEY<TAB>VALUE` lines, or keys alone.

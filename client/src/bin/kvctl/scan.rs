@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
+use futures::StreamExt;
 use kvclient::ScanOptions;
 
 use crate::args::{parse_duration, ConsistencyArg, Global, Target};
@@ -46,15 +47,39 @@ pub async fn run(args: ScanArgs, global: &Global) -> anyhow::Result<Outcome> {
         consistency: args.target.consistency.into(),
         max_staleness: args.max_staleness,
     };
-    // All pages are read before printing, so an error halfway prints nothing rather than a
-    // truncated listing that looks complete.
-    let kvs = client.scan_all(args.start, args.end, &options).await?;
-    let mut out = std::io::stdout().lock();
-    match global.output {
-        OutputFormat::Text => output::write_scan_text(&mut out, &kvs, args.keys_only)?,
-        OutputFormat::Json => {
-            output::write_json(&mut out, &output::scan_json(&kvs, args.keys_only))?
+    // Printed page by page, so memory stays at one page however long the listing. An error
+    // halfway leaves a listing cut short, told apart from a complete one by the exit code and
+    // the message on stderr (and, with `-o json`, by the array never being closed).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut kvs = std::pin::pin!(client.scan_stream(args.start, args.end, &options));
+    let mut printed = 0u64;
+    if global.output == OutputFormat::Json {
+        out.write_all(b"[")?;
+    }
+    while let Some(kv) = kvs.next().await {
+        let kv = match kv {
+            Ok(kv) => kv,
+            Err(e) => {
+                out.flush()?;
+                return Err(
+                    anyhow::Error::new(e).context(format!("scan stopped after {printed} keys"))
+                );
+            }
+        };
+        match global.output {
+            OutputFormat::Text => output::write_scan_text(&mut out, &[kv], args.keys_only)?,
+            OutputFormat::Json => {
+                if printed > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut out, &output::scan_json_item(&kv, args.keys_only))
+                    .map_err(std::io::Error::from)?;
+            }
         }
+        printed += 1;
+    }
+    if global.output == OutputFormat::Json {
+        out.write_all(b"]\n")?;
     }
     out.flush()?;
     Ok(Outcome::Success)
