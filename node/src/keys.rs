@@ -6,8 +6,9 @@
 //! | --- | --- | --- |
 //! | `g{id}.raft` | `vote`, `purged` | bincode `Vote` / `LogId` |
 //! | `g{id}.data` | the user key | version (u64 big-endian) then the value bytes |
-//! | `g{id}.sm` | `applied`, `membership`, `snapshot`, `installing`, `cluster_map`, `journal` | bincode |
-//! | `g{id}.dedup` | `e` + at_ms + index (u64 big-endian each); legacy `r` + request id, `t` + at_ms + index | the entry's (id, results) pairs; legacy (at_ms, results), the entry's ids |
+//! | `g{id}.sm` | `applied`, `membership`, `installing`, `cluster_map`, `journal`, `fences` | bincode |
+//! | `g{id}.snap` | `snapshot`, `request_ids` | bincode |
+//! | `g{id}.dedup` | `e` + aging clock + index (u64 big-endian each) | the entry's (id, results) pairs the log cannot tell |
 //!
 //! Each group's Raft log is in segment files in `raft-log/g{id}/` beside the database `db/`.
 //!
@@ -37,8 +38,9 @@ pub const JOURNAL: &[u8] = b"journal";
 pub const CLUSTER_MAP: &[u8] = b"cluster_map";
 /// In a group's `sm` tree: its fences (`Vec<types::Fence>`, bincode).
 pub const FENCES: &[u8] = b"fences";
-/// In a group's `sm` tree: the request ids' aging clock as of its last new term (bincode).
-pub const DEDUP_CLOCK: &[u8] = b"dedup_clock";
+/// In a group's snapshot tree: the request-id table as of the stored snapshot or later
+/// (`storage::request_ids::Checkpoint`), from which opening the group rebuilds it.
+pub const REQUEST_IDS: &[u8] = b"request_ids";
 
 /// The sled database, under the data dir.
 pub fn db_dir(data_dir: &Path) -> PathBuf {
@@ -58,34 +60,17 @@ pub fn data_tree(group: GroupId) -> String {
     format!("g{group}.data")
 }
 
-/// Request ids a group has applied: `e` + at_ms + log index (both u64 big-endian) → bincode
-/// list of the entry's (id, results) pairs, one record per entry however many writes it
-/// carries, ordered by age so that old ids are forgotten by a range scan. The node keeps the
-/// same table in memory, loaded at open, so that applying a write costs no lookup or insert
-/// per id. Written by earlier versions and still read (and forgotten as they age): `r` + id →
-/// bincode (at_ms, results), and `t` + at_ms + index → the entry's ids.
+/// The request ids whose results the log cannot tell (see `storage::request_ids`): `e` +
+/// aging clock + log index (both u64 big-endian) → bincode list of the entry's (id, results)
+/// pairs, empty results for a write a fence refused. Ordered by age, so that old records are
+/// forgotten by a range scan.
 pub fn dedup_tree(group: GroupId) -> String {
     format!("g{group}.dedup")
 }
 
-pub fn dedup_result_key(id: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + id.len());
-    k.push(b'r');
-    k.extend_from_slice(id);
-    k
-}
-
-pub fn dedup_age_key(at_ms: u64, index: u64) -> [u8; 17] {
-    age_key(b't', at_ms, index)
-}
-
 pub fn dedup_entry_key(at_ms: u64, index: u64) -> [u8; 17] {
-    age_key(b'e', at_ms, index)
-}
-
-fn age_key(prefix: u8, at_ms: u64, index: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
-    k[0] = prefix;
+    k[0] = b'e';
     k[1..9].copy_from_slice(&at_ms.to_be_bytes());
     k[9..].copy_from_slice(&index.to_be_bytes());
     k

@@ -455,19 +455,19 @@ impl Node {
             .replicas(group)
             .map_err(|e| NodeError::BadRequest(e.to_string()))?
             .to_vec();
-        let sm = StateMachine::open(&self.db, group, self.flusher.clone())
+        let (flusher, acks) = (self.flusher.clone(), self.acks.clone());
+        let dir = keys::log_dir(&self.data_dir, group);
+        let mut log = FileLog::open(&self.db, &dir, group, flusher, acks)
+            .map_err(|e| NodeError::Storage(e.to_string()))?
+            .with_segment_bytes(self.log_segment_bytes);
+        let sm = StateMachine::open(&self.db, group, self.flusher.clone(), &log)
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         let data = sm.data();
         let network = GroupNetwork {
             group,
             pool: self.pool.clone(),
         };
-        let (flusher, acks) = (self.flusher.clone(), self.acks.clone());
         let raft_config = Arc::new(raft_config);
-        let dir = keys::log_dir(&self.data_dir, group);
-        let mut log = FileLog::open(&self.db, &dir, group, flusher, acks)
-            .map_err(|e| NodeError::Storage(e.to_string()))?
-            .with_segment_bytes(self.log_segment_bytes);
         let storage = |e: crate::types::StorageError| NodeError::Storage(e.to_string());
         let vote = log.read_vote().await.map_err(storage)?;
         let last = log.get_log_state().await.map_err(storage)?.last_log_id;

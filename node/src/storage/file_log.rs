@@ -180,6 +180,22 @@ impl FileLog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The entries in `[start, end)` that the log holds, read on the calling thread (for
+    /// opening a group, before its Raft core runs).
+    pub fn read_now(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        self.lock().read(start, end)
+    }
+
+    /// Appends and syncs `entries` on the calling thread, as openraft's `append` would.
+    #[cfg(test)]
+    pub fn append_now(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        if let Some(file) = self.lock().append(entries)? {
+            file.sync_data()
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        }
+        Ok(())
+    }
+
     /// Removes the files of a group that this node no longer hosts.
     pub fn remove_dir(dir: &Path) -> io::Result<()> {
         match fs::remove_dir_all(dir) {

@@ -3,6 +3,7 @@
 //!
 //! - [`FileLog`]: a group's Raft log in append-only files, its vote on sled (`RaftLogStorage`).
 //! - [`StateMachine`]: a group's data and applied state (`RaftStateMachine`), and snapshots.
+//! - `request_ids`: the table of applied request ids that answers retries, in memory.
 //! - [`Flusher`]: group commit, one flush (and one sync per log file) for the appends of every group.
 //! - [`DurableAcks`]: eventual writes waiting for their entry to be durable in the leader's log.
 
@@ -10,6 +11,7 @@ mod acks;
 mod file_log;
 mod flusher;
 mod raft_meta;
+mod request_ids;
 mod state_machine;
 
 pub use acks::{DurableAcks, PendingAck};

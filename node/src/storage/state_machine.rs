@@ -10,13 +10,18 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{read_err, ser, sto_err, Flusher};
+use super::request_ids::{AgingClock, Checkpoint, Outcome, RequestIds};
+use super::{read_err, ser, sto_err, FileLog, Flusher};
 use crate::keys;
 use crate::types::{
-    fenced_results, Dedup, Entry, Fence, FenceChange, FenceOutcome, GroupId, LogId,
+    fenced_results, is_fenced, Dedup, Entry, Fence, FenceChange, FenceOutcome, GroupId, LogId,
     MapChangeRefused, Op, OpResult, Request, Response, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig, DEDUP_WINDOW_MS,
 };
+
+/// Most request-id records freed per `apply` call, beyond twice its entries: bounded so that
+/// the first write after an idle spell longer than the window does not pay for all of them.
+const FORGET_PER_APPLY: usize = 256;
 
 /// What a snapshot holds: the applied state and every key with its stored value.
 #[derive(Serialize, Deserialize)]
@@ -26,57 +31,12 @@ struct SnapshotBody {
     membership: StoredMembership,
     cluster_map: Option<serde_bytes::ByteBuf>,
     kvs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
-    /// The request ids still remembered, so that a replica restored from a snapshot also
-    /// answers retries instead of applying them twice.
-    dedup: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
     /// The group's fences: a replica restored from a snapshot refuses what the others refuse.
     fences: Vec<Fence>,
-    /// The request ids' aging clock, so that a restored replica forgets them when the others do.
-    aging: AgingClock,
-}
-
-/// The clock request ids age by ([`DEDUP_WINDOW_MS`]). Each term's entries carry their leader's
-/// wall clock, but only its progress within the term counts: at a new term the clock goes on
-/// from where the last one left it. A new leader whose clock runs minutes ahead would otherwise
-/// make every replica forget every id at once (and a retry apply twice), and one behind would
-/// make them keep ids too long. Derived from the log alone, so every replica ages alike; stored
-/// at each new term (`keys::DEDUP_CLOCK`) and in snapshots.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct AgingClock {
-    /// The term of the last entry that carried request ids.
-    term: u64,
-    /// The proposer's clock at that term's first such entry.
-    term_start_ms: u64,
-    /// The aging clock when that term began.
-    clock_at_term_start: u64,
-    /// The aging clock after the last entry; it never goes back.
-    now: u64,
-}
-
-impl AgingClock {
-    /// The aging clock at an entry of `term` proposed at `at_ms` by its leader's clock.
-    fn observe(&mut self, term: u64, at_ms: u64) -> u64 {
-        if term != self.term {
-            // The first term ever seen starts from its leader's clock, so records read as
-            // times; later ones go on from the last.
-            let base = if self.term == 0 && self.now == 0 {
-                at_ms
-            } else {
-                self.now
-            };
-            *self = AgingClock {
-                term,
-                term_start_ms: at_ms,
-                clock_at_term_start: base,
-                now: self.now,
-            };
-        }
-        let at = self
-            .clock_at_term_start
-            .saturating_add(at_ms.saturating_sub(self.term_start_ms));
-        self.now = self.now.max(at);
-        self.now
-    }
+    /// The request ids still remembered, with their aging clock, so that a replica restored
+    /// from a snapshot also answers retries instead of applying them twice, and forgets them
+    /// when the others do: a [`Checkpoint`], encoded, as it is also stored on its own.
+    request_ids: serde_bytes::ByteBuf,
 }
 
 /// A snapshot as kept on disk, so it survives restarts and can be sent to followers.
@@ -166,9 +126,8 @@ pub struct StateMachine {
     snapshots: sled::Tree,
     flusher: Flusher,
     snapshot_seq: u64,
-    /// The request ids of the window and their results: the dedup tree's content, in memory
-    /// so that applying a write costs no sled lookup or insert per id (see [`keys::dedup_tree`]).
-    remembered: HashMap<Vec<u8>, Vec<OpResult>>,
+    /// The request ids of the window and their results (see [`super::request_ids`]).
+    remembered: RequestIds,
     /// Decisions of an `apply` call that a crash interrupted, by log index (see [`Decided`]).
     replay: HashMap<u64, Decided>,
     /// The fences as applied: apply's own copy, so that deciding a write takes no lock.
@@ -225,28 +184,6 @@ fn move_snapshot_out_of(sm: &sled::Tree, snapshots: &sled::Tree) -> Result<(), S
     Ok(())
 }
 
-/// The aging clock as stored at its last new term, brought up to the newest request-id record.
-fn load_aging(sm: &sled::Tree, dedup: &sled::Tree) -> Result<AgingClock, StorageError> {
-    let rerr = |e: sled::Error| read_err(ErrorSubject::StateMachine, e);
-    let mut aging: AgingClock = match sm.get(keys::DEDUP_CLOCK).map_err(rerr)? {
-        Some(raw) => {
-            bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?
-        }
-        None => AgingClock::default(),
-    };
-    let newest = dedup
-        .scan_prefix(b"e")
-        .next_back()
-        .transpose()
-        .map_err(rerr)?;
-    if let Some((key, _)) = newest {
-        if let Some(at) = key.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            aging.now = aging.now.max(u64::from_be_bytes(at));
-        }
-    }
-    Ok(aging)
-}
-
 /// The fences as stored.
 fn load_fences(sm: &sled::Tree) -> Result<Vec<Fence>, StorageError> {
     match sm
@@ -260,32 +197,64 @@ fn load_fences(sm: &sled::Tree) -> Result<Vec<Fence>, StorageError> {
     }
 }
 
-/// The request-id table as stored: every entry record, and the legacy per-id records.
-fn load_remembered(dedup: &sled::Tree) -> Result<HashMap<Vec<u8>, Vec<OpResult>>, StorageError> {
-    let rerr = |e: sled::Error| read_err(ErrorSubject::StateMachine, e);
-    let mut remembered = HashMap::new();
-    for item in dedup.scan_prefix(b"e") {
-        let (_, raw) = item.map_err(rerr)?;
-        let pairs: Vec<(serde_bytes::ByteBuf, Vec<OpResult>)> =
-            bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
-        for (id, results) in pairs {
-            remembered.insert(id.into_vec(), results);
-        }
+/// The request-id table as of the last checkpoint, if one was stored.
+fn load_checkpoint(snapshots: &sled::Tree) -> Result<Option<Checkpoint>, StorageError> {
+    let rerr = |e: &dyn std::fmt::Display| {
+        read_err(
+            ErrorSubject::StateMachine,
+            std::io::Error::other(e.to_string()),
+        )
+    };
+    match snapshots.get(keys::REQUEST_IDS).map_err(|e| rerr(&e))? {
+        Some(raw) => bincode::deserialize(&raw).map(Some).map_err(|e| rerr(&e)),
+        None => Ok(None),
     }
-    for item in dedup.scan_prefix(b"r") {
-        let (key, raw) = item.map_err(rerr)?;
-        let (_, results): (u64, Vec<OpResult>) =
-            bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
-        remembered.insert(key[1..].to_vec(), results);
-    }
-    Ok(remembered)
 }
 
+/// The results of the writes the log cannot tell, by log index then request id.
+type Exceptions = HashMap<u64, HashMap<Vec<u8>, Vec<OpResult>>>;
+
+/// The dedup tree's records after log index `after`.
+fn load_exceptions(dedup: &sled::Tree, after: u64) -> Result<Exceptions, StorageError> {
+    let rerr = |e: &dyn std::fmt::Display| {
+        read_err(
+            ErrorSubject::StateMachine,
+            std::io::Error::other(e.to_string()),
+        )
+    };
+    let mut exceptions: Exceptions = HashMap::new();
+    for item in dedup.scan_prefix(b"e") {
+        let (key, raw) = item.map_err(|e| rerr(&e))?;
+        let index = key
+            .get(9..17)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| rerr(&"request-id record with a short key"))?;
+        if index <= after {
+            continue;
+        }
+        let pairs: Vec<(serde_bytes::ByteBuf, Vec<OpResult>)> =
+            bincode::deserialize(&raw).map_err(|e| rerr(&e))?;
+        let at = exceptions.entry(index).or_default();
+        for (id, results) in pairs {
+            at.insert(id.into_vec(), results);
+        }
+    }
+    Ok(exceptions)
+}
+
+/// Entries read at a time when rebuilding the request-id table from the log: as many as
+/// openraft sends in one AppendEntries, so memory stays within what replication holds.
+const REBUILD_CHUNK: u64 = 64;
+
 impl StateMachine {
+    /// Opens the group's state machine, rebuilding its request-id table from the last
+    /// checkpoint and the entries of `log` after it.
     pub fn open(
         db: &sled::Db,
         group: GroupId,
         flusher: Flusher,
+        log: &FileLog,
     ) -> Result<StateMachine, StorageError> {
         let open = |name: String| {
             db.open_tree(name)
@@ -310,7 +279,7 @@ impl StateMachine {
             },
             flusher,
             snapshot_seq: 0,
-            remembered: HashMap::new(),
+            remembered: RequestIds::default(),
             replay: HashMap::new(),
             fences: Arc::default(),
             aging: AgingClock::default(),
@@ -329,14 +298,13 @@ impl StateMachine {
                 me.install_body(&stored.data)?;
             }
         }
-        me.remembered = load_remembered(&me.shared.dedup)?;
-        me.aging = load_aging(&me.shared.sm, &me.shared.dedup)?;
         let fences = load_fences(&me.shared.sm)?;
         me.fences = Arc::new(fences.clone());
         me.shared.set_fences(fences);
         let (applied, _) = me.read_applied()?;
         let applied = applied.map_or(0, |l| l.index);
         me.shared.applied.store(applied, Ordering::Release);
+        me.rebuild_request_ids(log, applied)?;
         if let Some(raw) = me
             .shared
             .sm
@@ -365,6 +333,77 @@ impl StateMachine {
         self.shared.clone()
     }
 
+    /// Rebuilds the request-id table as `apply` left it at `applied`: the checkpoint, then
+    /// every entry of the log after it, each write remembered as `decide_write` would have,
+    /// with the dedup tree's records for the writes whose results the log cannot tell.
+    fn rebuild_request_ids(&mut self, log: &FileLog, applied: u64) -> Result<(), StorageError> {
+        let checkpoint = load_checkpoint(&self.snapshots)?.unwrap_or_default();
+        let exceptions = load_exceptions(&self.shared.dedup, checkpoint.applied)?;
+        self.remembered = RequestIds::from_vec(checkpoint.ids);
+        self.aging = checkpoint.aging;
+        let mut next = checkpoint.applied + 1;
+        while next <= applied {
+            let end = applied.min(next + REBUILD_CHUNK - 1) + 1;
+            let entries = log.read_now(next, end)?;
+            match entries.first() {
+                Some(first) if first.log_id.index == next => {}
+                first => {
+                    // Openraft purges the log only up to a snapshot, and the checkpoint is
+                    // stored before its snapshot: a gap means a bug or a damaged data dir. The
+                    // ids of the gap are lost (a retry of one may apply twice); the group
+                    // still serves.
+                    let resumes = first.map_or(end, |e| e.log_id.index);
+                    tracing::error!(
+                        group = self.group,
+                        from = next,
+                        to = resumes - 1,
+                        "request ids of entries missing from the log are forgotten"
+                    );
+                    if first.is_none() {
+                        break;
+                    }
+                }
+            }
+            for e in &entries {
+                self.remember_from_log(e, &exceptions);
+            }
+            next = entries.last().map_or(end, |e| e.log_id.index + 1);
+        }
+        tracing::debug!(
+            group = self.group,
+            ids = self.remembered.len(),
+            "request-id table rebuilt"
+        );
+        Ok(())
+    }
+
+    /// Remembers the request ids `e` applied, as `apply` did.
+    fn remember_from_log(&mut self, e: &Entry, exceptions: &Exceptions) {
+        let Some((at_ms, _)) = request_ids(&e.payload) else {
+            return;
+        };
+        let index = e.log_id.index;
+        let age = self.aging.observe(e.log_id.leader_id.term, at_ms);
+        let told = exceptions.get(&index);
+        for (ops, request) in writes_of(&e.payload) {
+            let Some(r) = request else { continue };
+            if self.remembered.lookup(&r.id, age).is_some() {
+                // Answered from the table, not applied.
+                continue;
+            }
+            let outcome = match told.and_then(|t| t.get(&r.id)) {
+                // Refused by a fence: not applied, so not remembered.
+                Some(results) if is_fenced(ops.len(), results) => continue,
+                Some(results) => Outcome::Results(results.clone()),
+                None => Outcome::Puts {
+                    index,
+                    n: u32::try_from(ops.len()).unwrap_or(u32::MAX),
+                },
+            };
+            self.remembered.remember(&r.id, age, outcome);
+        }
+    }
+
     fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let sm = &self.shared.sm;
         let get = |key: &[u8]| {
@@ -386,38 +425,34 @@ impl StateMachine {
         Ok((applied, membership))
     }
 
-    /// Forgets request ids older than `cutoff_ms` (the log's clock). One remove at a time, not
-    /// a batch (a sled batch costs two buffer writes): forgetting is idempotent, and an id only
-    /// matters within the window, so a crash half-way does no harm.
-    fn forget_request_ids_before(&mut self, cutoff_ms: u64) -> Result<(), StorageError> {
+    /// Forgets request ids that left the window by the aging clock `now`: at most `most`
+    /// records and ids at a time. Forgetting is idempotent, and lookups check the window
+    /// themselves, so what is left for later (or half done by a crash) does no harm. One
+    /// remove at a time, not a batch (a sled batch costs two buffer writes).
+    fn forget_request_ids(&mut self, now: u64, most: usize) -> Result<(), StorageError> {
         let werr = |e: sled::Error| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e);
-        let derr = |e: bincode::Error| read_err(ErrorSubject::StateMachine, e);
-        let mut forget = Vec::new();
-        let end = keys::dedup_entry_key(cutoff_ms, 0);
-        for item in self.shared.dedup.range(&b"e"[..]..&end[..]) {
-            let (entry_key, raw) = item.map_err(werr)?;
-            let pairs: Vec<(serde_bytes::ByteBuf, Vec<OpResult>)> =
-                bincode::deserialize(&raw).map_err(derr)?;
-            for (id, _) in pairs {
-                self.remembered.remove(id.as_slice());
-            }
-            forget.push(entry_key);
-        }
-        // Records of earlier versions.
-        let end = keys::dedup_age_key(cutoff_ms, 0);
-        for item in self.shared.dedup.range(&b"t"[..]..&end[..]) {
-            let (age_key, raw) = item.map_err(werr)?;
-            let ids: Vec<serde_bytes::ByteBuf> = bincode::deserialize(&raw).map_err(derr)?;
-            for id in ids {
-                self.remembered.remove(id.as_slice());
-                forget.push(keys::dedup_result_key(&id).into());
-            }
-            forget.push(age_key);
-        }
-        for key in forget {
+        self.remembered.forget_expired(now, most);
+        let end = keys::dedup_entry_key(now.saturating_sub(DEDUP_WINDOW_MS), 0);
+        let expired: Vec<sled::IVec> = self
+            .shared
+            .dedup
+            .range(&b"e"[..]..&end[..])
+            .keys()
+            .take(most)
+            .collect::<Result<_, _>>()
+            .map_err(werr)?;
+        for key in expired {
             self.shared.dedup.remove(key).map_err(werr)?;
         }
         Ok(())
+    }
+
+    /// Stores `checkpoint` (encoded) as the table to rebuild from at the next open.
+    fn store_checkpoint(snapshots: &sled::Tree, checkpoint: &[u8]) -> Result<(), StorageError> {
+        snapshots
+            .insert(keys::REQUEST_IDS, checkpoint)
+            .map(|_| ())
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
@@ -439,6 +474,8 @@ impl StateMachine {
         let _writing = visible.write().unwrap_or_else(|p| p.into_inner());
         let body: SnapshotBody =
             bincode::deserialize(data).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
+        let checkpoint: Checkpoint = bincode::deserialize(&body.request_ids)
+            .map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
         let sm = &self.shared.sm;
         sm.insert(keys::INSTALLING, &b"1"[..]).map_err(werr)?;
         self.shared.data.clear().map_err(werr)?;
@@ -447,13 +484,10 @@ impl StateMachine {
             batch.insert(k.into_vec(), v.into_vec());
         }
         self.shared.data.apply_batch(batch).map_err(werr)?;
+        // The snapshot's table is complete: the records of the state it replaces go, and the
+        // table is stored as the checkpoint to rebuild from, before the applied marker moves.
         self.shared.dedup.clear().map_err(werr)?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in body.dedup {
-            batch.insert(k.into_vec(), v.into_vec());
-        }
-        self.shared.dedup.apply_batch(batch).map_err(werr)?;
-        self.remembered = load_remembered(&self.shared.dedup)?;
+        Self::store_checkpoint(&self.snapshots, &body.request_ids)?;
         sm.insert(keys::APPLIED, ser(&body.last_applied)?)
             .map_err(werr)?;
         sm.insert(keys::MEMBERSHIP, ser(&body.membership)?)
@@ -466,9 +500,8 @@ impl StateMachine {
         sm.insert(keys::FENCES, ser(&body.fences)?).map_err(werr)?;
         self.fences = Arc::new(body.fences.clone());
         self.shared.set_fences(body.fences);
-        sm.insert(keys::DEDUP_CLOCK, ser(&body.aging)?)
-            .map_err(werr)?;
-        self.aging = body.aging;
+        self.aging = checkpoint.aging;
+        self.remembered = RequestIds::from_vec(checkpoint.ids);
         sm.remove(keys::JOURNAL).map_err(werr)?;
         self.replay.clear();
         sm.remove(keys::INSTALLING).map_err(werr)?;
@@ -546,6 +579,26 @@ fn applied_writes<'e, 'd>(
         .map(|(((ops, request), results), _)| (ops, request, results))
 }
 
+/// The (request id, results) pairs of entry `e` under decision `d` that rebuilding the table
+/// from the log needs a record of: applied writes whose results do not follow from the entry,
+/// and writes a fence refused (empty results). Writes answered from the table need none.
+fn told_by_record<'e, 'd>(e: &'e Entry, d: &'d Decided) -> Vec<(&'e [u8], &'d [OpResult])> {
+    writes_of(&e.payload)
+        .into_iter()
+        .zip(write_results(&d.response))
+        .zip(&d.applied)
+        .filter_map(|(((ops, request), results), applied)| {
+            let r = request?;
+            let needed = if *applied {
+                !Outcome::follows_from_the_log(ops, e.log_id.index, results)
+            } else {
+                is_fenced(ops.len(), results)
+            };
+            needed.then_some((r.id.as_slice(), results.as_slice()))
+        })
+        .collect()
+}
+
 /// The request ids an entry carries, with the latest of their clocks: recorded once per entry
 /// under one age key, so that they are forgotten together.
 fn request_ids(payload: &EntryPayload<TypeConfig>) -> Option<(u64, Vec<&[u8]>)> {
@@ -579,14 +632,14 @@ impl StateMachine {
         ops: &'a [Op],
         request: Option<&Dedup>,
         index: u64,
+        age: Option<u64>,
     ) -> Result<(Vec<OpResult>, bool), StorageError> {
         if let Some(r) = request {
-            if let Some(first) = pending
-                .fresh
-                .get(&r.id)
-                .or_else(|| self.remembered.get(&r.id))
-            {
+            if let Some(first) = pending.fresh.get(&r.id) {
                 return Ok((first.clone(), false));
+            }
+            if let Some(first) = age.and_then(|now| self.remembered.lookup(&r.id, now)) {
+                return Ok((first, false));
             }
         }
         let fences = match &pending.fences {
@@ -658,7 +711,12 @@ impl StateMachine {
     }
 
     /// Decides what an entry does, without writing anything.
-    fn decide<'a>(&self, pending: &mut Pending<'a>, e: &'a Entry) -> Result<Decided, StorageError> {
+    fn decide<'a>(
+        &self,
+        pending: &mut Pending<'a>,
+        e: &'a Entry,
+        age: Option<u64>,
+    ) -> Result<Decided, StorageError> {
         let index = e.log_id.index;
         let mut decided = Decided {
             log_id: e.log_id,
@@ -682,7 +740,7 @@ impl StateMachine {
                 let mut all = Vec::with_capacity(writes.len());
                 for w in writes {
                     let (results, applied) =
-                        self.decide_write(pending, &w.ops, w.dedup.as_ref(), index)?;
+                        self.decide_write(pending, &w.ops, w.dedup.as_ref(), index, age)?;
                     all.push(results);
                     decided.applied.push(applied);
                 }
@@ -691,7 +749,8 @@ impl StateMachine {
             EntryPayload::Normal(
                 Request::Write { ops, dedup } | Request::TrackedWrite { ops, dedup, .. },
             ) => {
-                let (results, applied) = self.decide_write(pending, ops, dedup.as_ref(), index)?;
+                let (results, applied) =
+                    self.decide_write(pending, ops, dedup.as_ref(), index, age)?;
                 decided.applied.push(applied);
                 decided.response = Response::Write(results);
             }
@@ -799,18 +858,10 @@ impl StateMachine {
     }
 
     /// Writes what an entry's decision does: data, its request-id record, the cluster map.
-    fn write_effects(
-        &self,
-        e: &Entry,
-        d: &Decided,
-        fresh: &Fresh,
-        age: Option<u64>,
-    ) -> Result<(), StorageError> {
+    fn write_effects(&self, e: &Entry, d: &Decided, age: Option<u64>) -> Result<(), StorageError> {
         let werr = |e: sled::Error| sto_err(ErrorSubject::Apply(d.log_id), ErrorVerb::Write, e);
         let index = e.log_id.index;
-        let mut any_applied = false;
         for (ops, _, results) in applied_writes(e, d) {
-            any_applied = true;
             for (op, result) in ops.iter().zip(results) {
                 if result.condition_failed {
                     continue;
@@ -826,19 +877,15 @@ impl StateMachine {
                 .map_err(werr)?;
             }
         }
-        // The ids this entry applied, with their results, in one record.
-        if let (true, Some(at)) = (any_applied, age) {
-            if let Some((_, ids)) = request_ids(&e.payload) {
-                let pairs: Vec<(&[u8], &Vec<OpResult>)> = ids
-                    .into_iter()
-                    .filter_map(|id| fresh.get(id).map(|r| (id, r)))
-                    .collect();
-                if !pairs.is_empty() {
-                    self.shared
-                        .dedup
-                        .insert(&keys::dedup_entry_key(at, index)[..], ser(&pairs)?)
-                        .map_err(werr)?;
-                }
+        // The request ids whose results the log cannot tell, in one record for the entry;
+        // most entries (unconditional puts) need none (see `rebuild_request_ids`).
+        if let Some(at) = age {
+            let told = told_by_record(e, d);
+            if !told.is_empty() {
+                self.shared
+                    .dedup
+                    .insert(&keys::dedup_entry_key(at, index)[..], ser(&told)?)
+                    .map_err(werr)?;
             }
         }
         if let Some(m) = &d.map {
@@ -876,29 +923,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         };
         let werr = |e: sled::Error| sto_err(ErrorSubject::Apply(last), ErrorVerb::Write, e);
-        // 1. Decide every entry, writing nothing.
-        let mut pending = Pending::default();
-        let mut decided = Vec::with_capacity(entries.len());
-        for e in &entries {
-            let replayed = self
-                .replay
-                .remove(&e.log_id.index)
-                .filter(|d| d.log_id == e.log_id);
-            let d = match replayed {
-                Some(d) => {
-                    Self::note_replayed(&mut pending, e, &d);
-                    d
-                }
-                None => self.decide(&mut pending, e)?,
-            };
-            decided.push(d);
-        }
-        let mut membership_raw = None;
-        for e in &entries {
-            if let EntryPayload::Membership(m) = &e.payload {
-                membership_raw = Some(ser(&StoredMembership::new(Some(e.log_id), m.clone()))?);
-            }
-        }
         // Every entry with request ids moves the aging clock, batch entries included: a group
         // that only sees batches must forget too, or its table grows without end.
         let mut aging = self.aging;
@@ -908,6 +932,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 request_ids(&e.payload).map(|(at, _)| aging.observe(e.log_id.leader_id.term, at))
             })
             .collect();
+        // 1. Decide every entry, writing nothing.
+        let mut pending = Pending::default();
+        let mut decided = Vec::with_capacity(entries.len());
+        for (e, age) in entries.iter().zip(&ages) {
+            let replayed = self
+                .replay
+                .remove(&e.log_id.index)
+                .filter(|d| d.log_id == e.log_id);
+            let d = match replayed {
+                Some(d) => {
+                    Self::note_replayed(&mut pending, e, &d);
+                    d
+                }
+                None => self.decide(&mut pending, e, *age)?,
+            };
+            decided.push(d);
+        }
+        let mut membership_raw = None;
+        for e in &entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                membership_raw = Some(ser(&StoredMembership::new(Some(e.log_id), m.clone()))?);
+            }
+        }
         let has_effects = decided.iter().any(|d| {
             d.map.is_some()
                 || d.applied.iter().any(|a| *a)
@@ -935,13 +982,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(werr)?;
             }
             for ((e, d), age) in entries.iter().zip(&decided).zip(&ages) {
-                self.write_effects(e, d, &pending.fresh, *age)?;
-            }
-            if aging.term != self.aging.term {
-                self.shared
-                    .sm
-                    .insert(keys::DEDUP_CLOCK, ser(&aging)?)
-                    .map_err(werr)?;
+                self.write_effects(e, d, *age)?;
             }
             if let Some(m) = &membership_raw {
                 self.shared
@@ -955,7 +996,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(werr)?;
             self.shared.applied.store(last.index, Ordering::Release);
         }
-        self.remembered.extend(pending.fresh);
+        for ((e, d), age) in entries.iter().zip(&decided).zip(&ages) {
+            let Some(age) = *age else { continue };
+            for (ops, request, results) in applied_writes(e, d) {
+                if let Some(r) = request {
+                    let outcome = Outcome::of(ops, e.log_id.index, results);
+                    self.remembered.remember(&r.id, age, outcome);
+                }
+            }
+        }
         if let Some(fences) = pending.fences {
             self.fences = Arc::new(fences.clone());
             self.shared.set_fences(fences);
@@ -963,7 +1012,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let moved = ages.iter().any(Option::is_some);
         self.aging = aging;
         if moved {
-            self.forget_request_ids_before(aging.now.saturating_sub(DEDUP_WINDOW_MS))?;
+            let most = FORGET_PER_APPLY.max(2 * entries.len());
+            self.forget_request_ids(aging.now, most)?;
         }
         if decided.iter().any(|d| d.map.is_some()) {
             self.shared.map_changed.send_modify(|v| *v += 1);
@@ -991,22 +1041,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     serde_bytes::ByteBuf::from(v.to_vec()),
                 ));
             }
-            let mut dedup = Vec::new();
-            for item in self.shared.dedup.iter() {
-                let (k, v) = item.map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
-                dedup.push((
-                    serde_bytes::ByteBuf::from(k.to_vec()),
-                    serde_bytes::ByteBuf::from(v.to_vec()),
-                ));
-            }
+            let request_ids = self
+                .remembered
+                .checkpoint_bytes(last_applied.map_or(0, |l| l.index), self.aging)
+                .map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
             Ok(SnapshotBody {
+                request_ids: serde_bytes::ByteBuf::from(request_ids),
                 last_applied,
                 membership,
                 cluster_map,
                 kvs,
-                dedup,
                 fences: self.fences.to_vec(),
-                aging: self.aging,
             })
         })();
         SnapshotBuilder {
@@ -1100,6 +1145,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 std::io::Error::other(e.to_string()),
             )
         };
+        // The checkpoint first: sled recovers a prefix of its writes, so a stored snapshot
+        // always has a checkpoint at least as new, and openraft purges the log only up to the
+        // snapshot, so the log still holds every entry after the checkpoint.
+        StateMachine::store_checkpoint(&self.snapshots, &body.request_ids)?;
         self.snapshots
             .insert(keys::SNAPSHOT, ser(&stored)?)
             .map_err(|e| werr(&e))?;
@@ -1126,6 +1175,7 @@ mod tests {
     use serde_bytes::ByteBuf;
 
     use super::*;
+    use crate::storage::request_ids::Remembered;
     use crate::types::golden::{assert_bincode, hex, unhex, CHANGED};
 
     fn log_id(term: u64, index: u64) -> LogId {
@@ -1206,28 +1256,61 @@ mod tests {
         assert_bincode(&membership(), MEMBERSHIP);
     }
 
-    /// The `e` record of request id `r1` answered with `RESULT_1`: the entry's (id, results)
+    const RESULT_2: &str = "0200000000000000 00 00 0000000000000000";
+
+    /// The `e` record of request id `r2` answered with `RESULT_2`: the entry's (id, results)
     /// pairs.
     fn request_id_record() -> String {
-        format!("0100000000000000 0200000000000000 7231 0100000000000000 {RESULT_1}")
+        format!("0100000000000000 0200000000000000 7232 0100000000000000 {RESULT_2}")
     }
+
+    fn aging() -> AgingClock {
+        AgingClock {
+            term: 1,
+            term_start_ms: 1000,
+            clock_at_term_start: 1000,
+            now: 1000,
+        }
+    }
+
+    /// The table after a plain put with id `r1` at index 1 and a conditional one with `r2`.
+    fn checkpoint() -> Checkpoint {
+        Checkpoint {
+            applied: 2,
+            aging: aging(),
+            ids: vec![
+                Remembered {
+                    id: b"r1".to_vec(),
+                    at: 1000,
+                    outcome: Outcome::Puts { index: 1, n: 1 },
+                },
+                Remembered {
+                    id: b"r2".to_vec(),
+                    at: 1000,
+                    outcome: Outcome::Results(vec![result(2)]),
+                },
+            ],
+        }
+    }
+
+    /// `checkpoint()` encoded: applied, the aging clock (term, term_start_ms,
+    /// clock_at_term_start, now), then the ids, each its bytes, its clock and its outcome (a
+    /// u32 variant: 0 `Puts` with index u64 and n u32, 1 `Results` with the list).
+    const CHECKPOINT: &str = "0200000000000000
+        0100000000000000 e803000000000000 e803000000000000 e803000000000000
+        0200000000000000
+        0200000000000000 7231 e803000000000000 00000000 0100000000000000 01000000
+        0200000000000000 7232 e803000000000000 01000000 0100000000000000
+        0200000000000000 00 00 0000000000000000";
 
     #[test]
     fn golden_request_id_records() {
         // If this fails you changed a persisted format; existing data dirs would be misread.
         assert_bincode(
-            &vec![(ByteBuf::from(b"r1".to_vec()), vec![result(1)])],
+            &vec![(ByteBuf::from(b"r2".to_vec()), vec![result(2)])],
             &request_id_record(),
         );
-        // Legacy `r` records, (at_ms, results), and `t` records, the entry's ids.
-        assert_bincode(
-            &(1000u64, vec![result(1)]),
-            &format!("e803000000000000 0100000000000000 {RESULT_1}"),
-        );
-        assert_bincode(
-            &vec![ByteBuf::from(b"r1".to_vec())],
-            "0100000000000000 0200000000000000 7231",
-        );
+        assert_bincode(&checkpoint(), CHECKPOINT);
     }
 
     fn snapshot_body() -> SnapshotBody {
@@ -1239,42 +1322,30 @@ mod tests {
                 ByteBuf::from(b"k".to_vec()),
                 ByteBuf::from(keys::encode_value(1, b"v")),
             )],
-            dedup: vec![(
-                ByteBuf::from(keys::dedup_entry_key(1000, 1).to_vec()),
-                ByteBuf::from(unhex(&request_id_record())),
-            )],
             fences: vec![Fence {
                 start: b"a".to_vec(),
                 end: Vec::new(),
                 epoch: 2,
                 tag: 3,
             }],
-            aging: AgingClock {
-                term: 1,
-                term_start_ms: 1000,
-                clock_at_term_start: 1000,
-                now: 1000,
-            },
+            request_ids: ByteBuf::from(unhex(CHECKPOINT)),
         }
     }
 
     /// `snapshot_body()` encoded: last_applied, membership, cluster_map (option of bytes), kvs
-    /// and dedup (lists of (bytes, bytes)); a stored value is its version (u64 big-endian)
-    /// then its bytes; then fences (start, end, epoch, tag); then the aging clock (term,
-    /// term_start_ms, clock_at_term_start, now).
+    /// (a list of (bytes, bytes)); a stored value is its version (u64 big-endian) then its
+    /// bytes; then fences (start, end, epoch, tag); then the request-id checkpoint, encoded,
+    /// as bytes.
     fn snapshot_body_hex() -> String {
         format!(
             "01 {LOG_ID_1_1}
              {MEMBERSHIP}
              01 0200000000000000 7b7d
              0100000000000000 0100000000000000 6b 0900000000000000 0000000000000001 76
-             0100000000000000 1100000000000000 65 00000000000003e8 0000000000000001
-             {:016x} {}
              0100000000000000 0100000000000000 61 0000000000000000
              0200000000000000 0300000000000000
-             0100000000000000 e803000000000000 e803000000000000 e803000000000000",
-            (unhex(&request_id_record()).len() as u64).swap_bytes(),
-            request_id_record()
+             {:016x} {CHECKPOINT}",
+            (unhex(CHECKPOINT).len() as u64).swap_bytes()
         )
     }
 
@@ -1305,8 +1376,18 @@ mod tests {
         );
     }
 
-    fn open(db: &sled::Db) -> StateMachine {
-        StateMachine::open(db, 7, Flusher::start(db.clone()).expect("flusher")).expect("opens")
+    /// Group 7's state machine over a log in `dir`.
+    fn open(dir: &tempfile::TempDir, db: &sled::Db) -> StateMachine {
+        let flusher = Flusher::start(db.clone()).expect("flusher");
+        let log = FileLog::open(
+            db,
+            &dir.path().join("log"),
+            7,
+            flusher.clone(),
+            super::super::DurableAcks::new(1),
+        )
+        .expect("log");
+        StateMachine::open(db, 7, flusher, &log).expect("opens")
     }
 
     /// What `apply` and the snapshot builder write is the golden bytes, under the keys that
@@ -1315,23 +1396,25 @@ mod tests {
     async fn golden_records_as_the_state_machine_writes_them() {
         // If this fails you changed a persisted format; existing data dirs would be misread.
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::open(dir.path()).expect("sled");
-        let mut sm = open(&db);
-        let entry = Entry {
-            log_id: log_id(1, 1),
+        let db = sled::open(dir.path().join("db")).expect("sled");
+        let mut sm = open(&dir, &db);
+        let put = |index, key: &[u8], expected_version, id: &[u8]| Entry {
+            log_id: log_id(1, index),
             payload: EntryPayload::Normal(Request::Write {
                 ops: vec![Op::Put {
-                    key: b"k".to_vec(),
+                    key: key.to_vec(),
                     value: b"v".to_vec(),
-                    expected_version: None,
+                    expected_version,
                 }],
                 dedup: Some(Dedup {
-                    id: b"r1".to_vec(),
+                    id: id.to_vec(),
                     at_ms: 1000,
                 }),
             }),
         };
-        sm.apply([entry]).await.expect("applies");
+        sm.apply([put(1, b"k", None, b"r1")])
+            .await
+            .expect("applies");
         let tree = |name: String| db.open_tree(name).expect("tree");
         let raw = |t: &sled::Tree, key: &[u8]| hex(&t.get(key).expect("reads").expect("stored"));
         let sm_tree = tree(keys::sm_tree(7));
@@ -1345,15 +1428,15 @@ mod tests {
             hex(&unhex(&format!("01 {LOG_ID_1_1}"))),
             "applied marker: {CHANGED}"
         );
+        let dedup = tree(keys::dedup_tree(7));
+        assert!(dedup.is_empty(), "a plain put needs no request-id record");
+        sm.apply([put(2, b"c", Some(0), b"r2")])
+            .await
+            .expect("applies");
         assert_eq!(
-            raw(&tree(keys::dedup_tree(7)), &keys::dedup_entry_key(1000, 1)),
+            raw(&dedup, &keys::dedup_entry_key(1000, 2)),
             hex(&unhex(&request_id_record())),
             "request-id record: {CHANGED}"
-        );
-        assert_eq!(
-            raw(&sm_tree, keys::DEDUP_CLOCK),
-            "0100000000000000e803000000000000e803000000000000e803000000000000",
-            "aging clock: {CHANGED}"
         );
 
         let snapshot = sm
@@ -1365,12 +1448,28 @@ mod tests {
         let body: SnapshotBody =
             bincode::deserialize(&snapshot.snapshot.into_inner()).expect("the snapshot decodes");
         let expected = SnapshotBody {
+            last_applied: Some(log_id(1, 2)),
             membership: StoredMembership::default(),
             cluster_map: None,
+            kvs: vec![
+                (
+                    ByteBuf::from(b"c".to_vec()),
+                    ByteBuf::from(keys::encode_value(2, b"v")),
+                ),
+                (
+                    ByteBuf::from(b"k".to_vec()),
+                    ByteBuf::from(keys::encode_value(1, b"v")),
+                ),
+            ],
             fences: Vec::new(),
-            ..snapshot_body()
+            request_ids: ByteBuf::from(unhex(CHECKPOINT)),
         };
         assert_eq!(body, expected, "snapshot body: {CHANGED}");
+        assert_eq!(
+            raw(&tree(keys::snapshot_tree(7)), keys::REQUEST_IDS),
+            hex(&unhex(CHECKPOINT)),
+            "request-id checkpoint: {CHANGED}"
+        );
     }
 
     /// A snapshot stored by an earlier build, caught half installed, is finished from the
@@ -1379,7 +1478,7 @@ mod tests {
     async fn golden_snapshot_installs_from_its_bytes() {
         // If this fails you changed a persisted format; existing data dirs would be misread.
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::open(dir.path()).expect("sled");
+        let db = sled::open(dir.path().join("db")).expect("sled");
         let body = unhex(&snapshot_body_hex());
         let stored = format!(
             "01 {LOG_ID_1_1} {MEMBERSHIP} 0700000000000000 372d312d312d31
@@ -1393,7 +1492,7 @@ mod tests {
             .expect("insert");
         let sm_tree = db.open_tree(keys::sm_tree(7)).expect("tree");
         sm_tree.insert(keys::INSTALLING, &b"1"[..]).expect("insert");
-        let mut sm = open(&db);
+        let mut sm = open(&dir, &db);
         let data = sm.data();
         assert_eq!(
             data.get(b"k").expect("reads"),

@@ -1,9 +1,20 @@
-//! Runs openraft's storage test suite against the file log with the state machine.
+//! Runs openraft's storage test suite against the file log with the state machine, and tests
+//! the state machine over a real log and sled: request ids across restarts, crashes during
+//! apply, fences.
 
+use std::path::Path;
+
+use openraft::storage::RaftStateMachine;
 use openraft::testing::{StoreBuilder, Suite};
 
 use super::*;
-use crate::types::TypeConfig;
+use crate::types::{Entry, Response, TypeConfig};
+
+/// A group's log in `dir`, as a node opens it.
+fn log_in(dir: &Path, group: u64, db: &sled::Db, flusher: &Flusher) -> FileLog {
+    let dir = dir.join(format!("log{group}"));
+    FileLog::open(db, &dir, group, flusher.clone(), DurableAcks::new(1)).expect("log")
+}
 
 struct FileBuilder;
 
@@ -12,14 +23,8 @@ impl StoreBuilder<TypeConfig, FileLog, StateMachine, tempfile::TempDir> for File
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path().join("db")).expect("open sled");
         let flusher = Flusher::start(db.clone()).expect("flusher");
-        let log = FileLog::open(
-            &db,
-            &dir.path().join("log"),
-            7,
-            flusher.clone(),
-            DurableAcks::new(1),
-        )?;
-        let sm = StateMachine::open(&db, 7, flusher)?;
+        let log = log_in(dir.path(), 7, &db, &flusher);
+        let sm = StateMachine::open(&db, 7, flusher, &log)?;
         Ok((dir, log, sm))
     }
 }
@@ -29,22 +34,99 @@ fn openraft_storage_suite_file_log() -> Result<(), StorageError> {
     Suite::test_all(FileBuilder)
 }
 
+/// One replica's storage of group 7 as a node runs it: entries go to the log, then to the
+/// state machine, and a restart opens both again from disk.
+struct Replica {
+    dir: tempfile::TempDir,
+    db: sled::Db,
+    flusher: Flusher,
+    log: FileLog,
+    sm: StateMachine,
+    /// The last index in the log.
+    logged: u64,
+}
+
+impl Replica {
+    fn new() -> Replica {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path().join("db")).expect("sled");
+        let flusher = Flusher::start(db.clone()).expect("flusher");
+        let log = log_in(dir.path(), 7, &db, &flusher);
+        let sm = StateMachine::open(&db, 7, flusher.clone(), &log).expect("opens");
+        Replica {
+            dir,
+            db,
+            flusher,
+            log,
+            sm,
+            logged: 0,
+        }
+    }
+
+    /// Appends the entries the log lacks, then applies them all.
+    async fn apply(&mut self, entries: impl IntoIterator<Item = Entry>) -> Vec<Response> {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let new: Vec<Entry> = entries
+            .iter()
+            .filter(|e| e.log_id.index > self.logged)
+            .cloned()
+            .collect();
+        if let Some(last) = new.last() {
+            self.logged = last.log_id.index;
+            self.log.append_now(new).expect("appends");
+        }
+        self.sm.apply(entries).await.expect("applies")
+    }
+
+    /// Closes the log and the state machine and opens them again.
+    fn restart(self) -> Replica {
+        let Replica {
+            dir,
+            db,
+            flusher,
+            log,
+            sm,
+            logged,
+        } = self;
+        drop((sm, log));
+        let log = log_in(dir.path(), 7, &db, &flusher);
+        let sm = StateMachine::open(&db, 7, flusher.clone(), &log).expect("opens again");
+        Replica {
+            dir,
+            db,
+            flusher,
+            log,
+            sm,
+            logged,
+        }
+    }
+}
+
 mod dedup {
-    use openraft::storage::RaftStateMachine;
+    use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder};
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
-    use crate::types::{Dedup, Entry, LogId, Op, Request, Response, DEDUP_WINDOW_MS};
+    use crate::types::{Dedup, Fence, FenceChange, LogId, Op, Request, DEDUP_WINDOW_MS};
 
     fn put(index: u64, value: &str, id: Option<&str>, at_ms: u64) -> Entry {
+        write(
+            index,
+            vec![Op::Put {
+                key: b"k".to_vec(),
+                value: value.as_bytes().to_vec(),
+                expected_version: None,
+            }],
+            id,
+            at_ms,
+        )
+    }
+
+    fn write(index: u64, ops: Vec<Op>, id: Option<&str>, at_ms: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Request::Write {
-                ops: vec![Op::Put {
-                    key: b"k".to_vec(),
-                    value: value.as_bytes().to_vec(),
-                    expected_version: None,
-                }],
+                ops,
                 dedup: id.map(|id| Dedup {
                     id: id.as_bytes().to_vec(),
                     at_ms,
@@ -92,173 +174,201 @@ mod dedup {
 
     #[tokio::test]
     async fn a_new_leader_whose_clock_runs_ahead_does_not_make_replicas_forget() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::open(dir.path()).expect("sled");
-        let mut sm =
-            StateMachine::open(&db, 7, Flusher::start(db.clone()).expect("flusher")).unwrap();
+        let mut r = Replica::new();
         let t0 = 1_000_000;
-        sm.apply([put_in_term(1, 1, "a", "r1", t0)]).await.unwrap();
+        r.apply([put_in_term(1, 1, "a", "r1", t0)]).await;
         // Term 2's leader is ten minutes ahead of term 1's: only its progress within the term
         // counts, so r1 is still remembered, and its retry answered, not applied again.
         let ahead = t0 + 10 * 60 * 1000;
-        sm.apply([put_in_term(2, 2, "b", "r2", ahead)])
-            .await
-            .unwrap();
-        let out = sm
-            .apply([put_in_term(2, 3, "a", "r1", ahead + 1)])
-            .await
-            .unwrap();
+        r.apply([put_in_term(2, 2, "b", "r2", ahead)]).await;
+        let out = r.apply([put_in_term(2, 3, "a", "r1", ahead + 1)]).await;
         assert_eq!(version(&out[0]), 1, "r1 was applied again");
         // Restarted, the replica ages alike.
-        drop(sm);
-        let mut sm =
-            StateMachine::open(&db, 7, Flusher::start(db.clone()).expect("flusher")).unwrap();
-        let out = sm
-            .apply([put_in_term(2, 4, "a", "r1", ahead + 2)])
-            .await
-            .unwrap();
+        let mut r = r.restart();
+        let out = r.apply([put_in_term(2, 4, "a", "r1", ahead + 2)]).await;
         assert_eq!(version(&out[0]), 1, "r1 was applied again after a restart");
         // The window still passes, by the term's own clock.
         let later = ahead + DEDUP_WINDOW_MS + 1000;
-        sm.apply([put_in_term(2, 5, "c", "r3", later)])
-            .await
-            .unwrap();
-        let out = sm
-            .apply([put_in_term(2, 6, "a", "r1", later + 1)])
-            .await
-            .unwrap();
+        r.apply([put_in_term(2, 5, "c", "r3", later)]).await;
+        let out = r.apply([put_in_term(2, 6, "a", "r1", later + 1)]).await;
         assert_eq!(version(&out[0]), 6, "r1 was remembered past the window");
     }
 
     #[tokio::test]
     async fn a_retried_request_id_is_answered_not_applied_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
-        let data = sm.data();
+        let mut r = Replica::new();
+        let data = r.sm.data();
         let t0 = 1_000_000;
-        let r = sm.apply([put(1, "a", Some("req-1"), t0)]).await.unwrap();
-        assert_eq!(version(&r[0]), 1);
-        let r = sm
-            .apply([put(2, "b", Some("req-2"), t0 + 1)])
-            .await
-            .unwrap();
-        assert_eq!(version(&r[0]), 2);
+        let out = r.apply([put(1, "a", Some("req-1"), t0)]).await;
+        assert_eq!(version(&out[0]), 1);
+        let out = r.apply([put(2, "b", Some("req-2"), t0 + 1)]).await;
+        assert_eq!(version(&out[0]), 2);
         // The retry of req-1 arrives after req-2: it must not bring "a" back.
-        let r = sm
-            .apply([put(3, "a", Some("req-1"), t0 + 2)])
-            .await
-            .unwrap();
-        assert_eq!(version(&r[0]), 1, "the first result is returned again");
+        let out = r.apply([put(3, "a", Some("req-1"), t0 + 2)]).await;
+        assert_eq!(version(&out[0]), 1, "the first result is returned again");
         assert_eq!(data.get(b"k").unwrap(), Some((2, b"b".to_vec())));
         // Writes without an id are never deduplicated.
-        sm.apply([put(4, "c", None, 0)]).await.unwrap();
-        sm.apply([put(5, "c", None, 0)]).await.unwrap();
+        r.apply([put(4, "c", None, 0)]).await;
+        r.apply([put(5, "c", None, 0)]).await;
         assert_eq!(data.get(b"k").unwrap(), Some((5, b"c".to_vec())));
         // Past the window, the id is forgotten.
-        sm.apply([put(6, "d", Some("req-3"), t0 + DEDUP_WINDOW_MS + 10)])
-            .await
-            .unwrap();
-        let r = sm
+        r.apply([put(6, "d", Some("req-3"), t0 + DEDUP_WINDOW_MS + 10)])
+            .await;
+        let out = r
             .apply([put(7, "a", Some("req-1"), t0 + DEDUP_WINDOW_MS + 11)])
-            .await
-            .unwrap();
-        assert_eq!(version(&r[0]), 7);
+            .await;
+        assert_eq!(version(&out[0]), 7);
     }
 
     #[tokio::test]
     async fn every_write_of_a_batch_entry_is_remembered_and_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
-        sm.apply([batch(1, &[("a", "id-a", 1_000), ("b", "id-b", 1_000)])])
-            .await
-            .unwrap();
-        // A group that only ever sees batch entries must forget too: a later batch past the
-        // window drops the first one's ids from the table.
-        sm.apply([batch(2, &[("c", "id-c", 1_000 + DEDUP_WINDOW_MS + 1)])])
-            .await
-            .unwrap();
-        // The table outlives a restart: reopened from the same database, id-c is still answered
-        // with its first result, and id-a (past the window) applies anew.
-        drop(sm);
-        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
-        let r = sm
-            .apply([put(3, "x", Some("id-c"), 1_000 + DEDUP_WINDOW_MS + 2)])
-            .await
-            .unwrap();
-        assert_eq!(version(&r[0]), 2, "id-c is answered from the table");
-        let r = sm
-            .apply([put(4, "x", Some("id-a"), 1_000 + DEDUP_WINDOW_MS + 3)])
-            .await
-            .unwrap();
-        assert_eq!(version(&r[0]), 4, "id-a was forgotten past the window");
-    }
-
-    #[tokio::test]
-    async fn request_ids_stored_by_earlier_versions_are_still_answered_then_forgotten() {
-        use crate::types::OpResult;
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let dedup = db.open_tree(crate::keys::dedup_tree(1)).unwrap();
-        let first = vec![OpResult {
-            version: 7,
-            existed: false,
-            condition_failed: false,
-            previous_version: 0,
-        }];
-        dedup
-            .insert(
-                crate::keys::dedup_result_key(b"old"),
-                bincode::serialize(&(1_000u64, &first)).unwrap(),
-            )
-            .unwrap();
-        let ids = vec![serde_bytes::ByteBuf::from(b"old".to_vec())];
-        dedup
-            .insert(
-                crate::keys::dedup_age_key(1_000, 7),
-                bincode::serialize(&ids).unwrap(),
-            )
-            .unwrap();
-        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
-        let r = sm.apply([put(8, "x", Some("old"), 1_001)]).await.unwrap();
-        assert_eq!(version(&r[0]), 7, "answered from the legacy record");
-        sm.apply([put(9, "y", Some("new"), 1_000 + DEDUP_WINDOW_MS + 1)])
-            .await
-            .unwrap();
-        assert!(dedup
-            .get(crate::keys::dedup_result_key(b"old"))
-            .unwrap()
-            .is_none());
-        let r = sm
-            .apply([put(10, "x", Some("old"), 1_000 + DEDUP_WINDOW_MS + 2)])
-            .await
-            .unwrap();
-        assert_eq!(version(&r[0]), 10, "forgotten past the window");
-    }
-
-    #[tokio::test]
-    async fn every_write_of_a_batch_entry_is_remembered_and_forgotten_by_a_later_put() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let mut sm = StateMachine::open(&db, 1, Flusher::start(db.clone()).unwrap()).unwrap();
-        sm.apply([batch(1, &[("a", "id-a", 1_000), ("b", "id-b", 1_000)])])
-            .await
-            .unwrap();
-        for (i, id) in [(2, "id-a"), (3, "id-b")] {
-            let r = sm.apply([put(i, "x", Some(id), 1_001)]).await.unwrap();
-            assert_eq!(version(&r[0]), 1, "{id} is answered from the table");
+        let mut r = Replica::new();
+        r.apply([batch(1, &[("a", "id-a", 1_000), ("b", "id-b", 1_000)])])
+            .await;
+        r.apply([batch(2, &[("c", "id-c", 1_001)])]).await;
+        for (i, id) in [(3, "id-a"), (4, "id-b")] {
+            let out = r.apply([put(i, "x", Some(id), 1_002)]).await;
+            assert_eq!(version(&out[0]), 1, "{id} is answered from the table");
         }
-        sm.apply([put(4, "y", Some("later"), 1_000 + DEDUP_WINDOW_MS + 1)])
-            .await
-            .unwrap();
-        for (i, id) in [(5, "id-a"), (6, "id-b")] {
-            let r = sm
-                .apply([put(i, "x", Some(id), 1_000 + DEDUP_WINDOW_MS + 2)])
+        let mut r = r.restart();
+        let out = r.apply([put(5, "x", Some("id-c"), 1_003)]).await;
+        assert_eq!(version(&out[0]), 2, "id-c is answered after a restart");
+        let out = r
+            .apply([put(6, "x", Some("id-a"), 1_000 + DEDUP_WINDOW_MS + 3)])
+            .await;
+        assert_eq!(version(&out[0]), 6, "id-a was forgotten past the window");
+    }
+
+    /// What a retry is answered after a restart, for every kind of write: plain puts from the
+    /// log alone, conditional writes and deletes from their records, and a write a fence
+    /// refused stays unapplied, so its retry applies once the fence is gone.
+    #[tokio::test]
+    async fn every_kind_of_write_is_answered_alike_after_a_restart() {
+        let mut r = Replica::new();
+        let t = 5_000;
+        let cas = |index, expected| {
+            write(
+                index,
+                vec![Op::Put {
+                    key: b"c".to_vec(),
+                    value: b"v".to_vec(),
+                    expected_version: Some(expected),
+                }],
+                Some("cas"),
+                t,
+            )
+        };
+        let delete = write(
+            3,
+            vec![Op::Delete {
+                key: b"k".to_vec(),
+                expected_version: None,
+            }],
+            Some("del"),
+            t,
+        );
+        let fence = Fence {
+            start: b"f".to_vec(),
+            end: b"g".to_vec(),
+            epoch: 2,
+            tag: 9,
+        };
+        let raise = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 5),
+            payload: EntryPayload::Normal(Request::Fence(FenceChange::Raise(fence))),
+        };
+        let fenced_put = |index| {
+            write(
+                index,
+                vec![Op::Put {
+                    key: b"f1".to_vec(),
+                    value: b"v".to_vec(),
+                    expected_version: None,
+                }],
+                Some("fenced"),
+                t,
+            )
+        };
+        let mut first = Vec::new();
+        first.extend(r.apply([put(1, "a", Some("plain"), t)]).await);
+        first.extend(r.apply([cas(2, 0)]).await);
+        first.extend(r.apply([delete.clone()]).await);
+        first.extend(r.apply([cas(4, 0)]).await);
+        r.apply([raise]).await;
+        let refused = r.apply([fenced_put(6)]).await;
+        assert_eq!(refused, vec![Response::Write(Vec::new())], "fenced");
+        // Only the writes the log cannot tell have records: the CAS, the delete, the fenced
+        // put (the retried CAS at 4 was answered from the table).
+        let dedup = r.db.open_tree(crate::keys::dedup_tree(7)).unwrap();
+        assert_eq!(dedup.len(), 3, "records");
+
+        let mut r = r.restart();
+        let mut again = Vec::new();
+        again.extend(r.apply([put(7, "b", Some("plain"), t + 1)]).await);
+        again.extend(r.apply([cas(8, 0)]).await);
+        let retried_delete = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 9),
+            ..delete
+        };
+        again.extend(r.apply([retried_delete]).await);
+        again.extend(r.apply([cas(10, 0)]).await);
+        assert_eq!(again, first, "answered as the first time");
+        let lift = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 11),
+            payload: EntryPayload::Normal(Request::Fence(FenceChange::Lift {
+                start: b"f".to_vec(),
+                end: b"g".to_vec(),
+                older_than: 3,
+                tag: 9,
+            })),
+        };
+        r.apply([lift]).await;
+        let out = r.apply([fenced_put(12)]).await;
+        assert_eq!(
+            version(&out[0]),
+            12,
+            "the refused write applies on its retry"
+        );
+    }
+
+    /// The checkpoint a snapshot stores, with the log after it, rebuilds the table, also once
+    /// the log before the snapshot is purged; a replica that installs the snapshot answers
+    /// the same retries, before and after a restart.
+    #[tokio::test]
+    async fn retries_are_answered_from_the_checkpoint_and_the_log_after_it() {
+        let mut r = Replica::new();
+        r.apply([put(1, "a", Some("before"), 1_000)]).await;
+        let snapshot =
+            r.sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
                 .await
                 .unwrap();
-            assert_eq!(version(&r[0]), i, "{id} was forgotten with its entry");
-        }
+        let last = snapshot.meta.last_log_id.expect("applied");
+        r.log.purge(last).await.unwrap();
+        r.apply([put(2, "b", Some("after"), 1_001)]).await;
+        let mut r = r.restart();
+        let out = r.apply([put(3, "x", Some("before"), 1_002)]).await;
+        assert_eq!(version(&out[0]), 1, "from the checkpoint");
+        let out = r.apply([put(4, "x", Some("after"), 1_002)]).await;
+        assert_eq!(version(&out[0]), 2, "from the log");
+
+        let mut other = Replica::new();
+        other
+            .sm
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        other.logged = last.index;
+        let out = other.apply([put(2, "x", Some("before"), 1_003)]).await;
+        assert_eq!(version(&out[0]), 1, "from the installed snapshot");
+        let mut other = other.restart();
+        let out = other.apply([put(3, "x", Some("before"), 1_004)]).await;
+        assert_eq!(
+            version(&out[0]),
+            1,
+            "from the installed snapshot, restarted"
+        );
     }
 }
 
@@ -327,9 +437,10 @@ mod replay {
     /// A new state machine (group 1) that applied one put of `k` as entry 1.
     async fn applied_one_write() -> (tempfile::TempDir, sled::Db, Flusher, StateMachine) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
         let flusher = Flusher::start(db.clone()).unwrap();
-        let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
+        let log = log_in(dir.path(), 1, &db, &flusher);
+        let mut sm = StateMachine::open(&db, 1, flusher.clone(), &log).unwrap();
         sm.apply([write(1, vec![put("k", "a", None)], None)])
             .await
             .unwrap();
@@ -355,11 +466,17 @@ mod replay {
     }
 
     async fn crash_after_effects(undo: impl FnOnce(&sled::Db)) {
-        let (_dir, db, flusher, first) = crashed_after_later_entries().await;
+        let (dir, db, flusher, first) = crashed_after_later_entries().await;
         // Maybe some effects never reached the disk either.
         undo(&db);
 
-        let mut sm = StateMachine::open(&db, 1, flusher).unwrap();
+        let mut sm = StateMachine::open(
+            &db,
+            1,
+            flusher.clone(),
+            &log_in(dir.path(), 1, &db, &flusher),
+        )
+        .unwrap();
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied, Some(log_id(1)));
         let again = sm.apply(later_entries()).await.unwrap();
@@ -382,15 +499,27 @@ mod replay {
 
     #[tokio::test]
     async fn a_second_crash_during_the_replay_loses_no_decision() {
-        let (_dir, db, flusher, first) = crashed_after_later_entries().await;
+        let (dir, db, flusher, first) = crashed_after_later_entries().await;
         // The replay applies entry 2 alone, then the node crashes again.
-        let mut sm = StateMachine::open(&db, 1, flusher.clone()).unwrap();
+        let mut sm = StateMachine::open(
+            &db,
+            1,
+            flusher.clone(),
+            &log_in(dir.path(), 1, &db, &flusher),
+        )
+        .unwrap();
         let mut entries = later_entries();
         let rest = entries.split_off(1);
         let again = sm.apply(entries).await.unwrap();
         assert_eq!(again[..], first[..1]);
         drop(sm);
-        let mut sm = StateMachine::open(&db, 1, flusher).unwrap();
+        let mut sm = StateMachine::open(
+            &db,
+            1,
+            flusher.clone(),
+            &log_in(dir.path(), 1, &db, &flusher),
+        )
+        .unwrap();
         let again = sm.apply(rest).await.unwrap();
         assert_eq!(
             again[..],
@@ -414,7 +543,7 @@ mod replay {
     #[tokio::test]
     async fn a_snapshot_stored_by_an_earlier_version_is_moved_to_its_own_tree() {
         use openraft::storage::RaftSnapshotBuilder;
-        let (_dir, db, flusher, mut sm) = applied_one_write().await;
+        let (dir, db, flusher, mut sm) = applied_one_write().await;
         let built = sm
             .get_snapshot_builder()
             .await
@@ -429,7 +558,13 @@ mod replay {
         );
         let raw = snaps.remove(keys::SNAPSHOT).unwrap().unwrap();
         sm_tree.insert(keys::SNAPSHOT, raw).unwrap();
-        let mut sm = StateMachine::open(&db, 1, flusher).unwrap();
+        let mut sm = StateMachine::open(
+            &db,
+            1,
+            flusher.clone(),
+            &log_in(dir.path(), 1, &db, &flusher),
+        )
+        .unwrap();
         let current = sm
             .get_current_snapshot()
             .await
@@ -499,15 +634,17 @@ mod fences {
         }
     }
 
-    fn open(db: &sled::Db) -> StateMachine {
-        StateMachine::open(db, 7, Flusher::start(db.clone()).expect("flusher")).expect("opens")
+    fn open(dir: &tempfile::TempDir, db: &sled::Db) -> StateMachine {
+        let flusher = Flusher::start(db.clone()).expect("flusher");
+        StateMachine::open(db, 7, flusher.clone(), &log_in(dir.path(), 7, db, &flusher))
+            .expect("opens")
     }
 
     #[tokio::test]
     async fn a_fence_counts_what_came_before_it_and_refuses_what_comes_after() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path()).expect("sled");
-        let mut sm = open(&db);
+        let mut sm = open(&dir, &db);
         // One apply call: a write to d/ decided just before the fence is counted by it, one
         // just after is refused; a key outside the range is not touched.
         let out = sm
@@ -552,7 +689,7 @@ mod fences {
             .expect("applies");
         assert_eq!(refused(&out[1]), vec![false, true]);
         drop(sm);
-        let mut sm = open(&db);
+        let mut sm = open(&dir, &db);
         let out = sm
             .apply([entry(8, writes(&["d/4", "e/3", "f/1"]))])
             .await
@@ -568,7 +705,7 @@ mod fences {
             .expect("builds");
         let dir2 = tempfile::tempdir().expect("temp dir");
         let db2 = sled::open(dir2.path()).expect("sled");
-        let mut other = open(&db2);
+        let mut other = open(&dir2, &db2);
         other
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await
@@ -584,7 +721,7 @@ mod fences {
     async fn a_deleted_key_does_not_count_and_a_retry_of_an_earlier_write_is_answered() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path()).expect("sled");
-        let mut sm = open(&db);
+        let mut sm = open(&dir, &db);
         let id = crate::types::Dedup {
             id: b"r1".to_vec(),
             at_ms: 1,
