@@ -426,6 +426,42 @@ fn server_busy() -> Status {
     status
 }
 
+/// The status of a unary `Multi` call whose answer did not fit beside the earlier ones.
+fn reply_too_large(used: usize) -> Status {
+    let mut status = Status::resource_exhausted(format!(
+        "the Multi reply already holds {used} bytes of earlier answers, and this one would pass the limit of {UNARY_REPLY_BYTES}: send fewer calls per batch, or use MultiStream"
+    ));
+    status.metadata_mut().insert(
+        crate::meta::ERROR_CODE,
+        AsciiMetadataValue::from_static(crate::codes::RESPONSE_TOO_LARGE),
+    );
+    status
+}
+
+/// Bytes of answers one unary `Multi` reply carries at most: a call whose answer would take
+/// the reply past it (counted in request order) fails with `RESPONSE_TOO_LARGE`, rather than
+/// the whole reply failing to encode past [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES).
+pub const UNARY_REPLY_BYTES: usize = crate::MAX_READ_BYTES;
+
+/// Keeps a unary reply within [`UNARY_REPLY_BYTES`]: every answer past it fails instead.
+fn bound_reply<T: Answer + Tagged + prost::Message>(results: Vec<T>) -> Vec<T> {
+    let mut used = 0usize;
+    results
+        .into_iter()
+        .map(|r| {
+            // The item's bytes plus its field tag and length prefix.
+            let len = r.encoded_len() + 11;
+            if used + len <= UNARY_REPLY_BYTES {
+                used += len;
+                return r;
+            }
+            let mut failed = T::failed(&reply_too_large(used));
+            failed.set_id(r.id());
+            failed
+        })
+        .collect()
+}
+
 /// The process-wide slots of [`SERVER_CALLS_IN_FLIGHT`].
 fn server_slots() -> Arc<Semaphore> {
     static SLOTS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
@@ -622,6 +658,7 @@ async fn serve_batch<Q, R, H, Fut>(request: Request<Q>, handle: H) -> Result<R, 
 where
     Q: Batch,
     R: Batch,
+    R::Item: Answer,
     H: Fn(Q::Item, Option<AsciiMetadataValue>) -> Fut,
     Fut: Future<Output = R::Item>,
 {
@@ -638,7 +675,7 @@ where
             .map(|call| handle(call, batch_timeout.clone())),
     )
     .await;
-    Ok(R::from_items(results))
+    Ok(R::from_items(bound_reply(results)))
 }
 
 /// Serves a `kv.v1.Kv/Multi` request with `service`'s own Get, Put and Delete handlers.
@@ -695,6 +732,43 @@ pub fn timeout_ms(budget: Duration) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unary_reply_past_its_byte_bound_fails_the_calls_that_do_not_fit() {
+        let mib = 1024 * 1024;
+        let answer = |id: u64, bytes: usize| kv::CallResult {
+            result: Some(kv::call_result::Result::Get(kv::GetResponse {
+                value: vec![7u8; bytes].into(),
+                found: true,
+                ..Default::default()
+            })),
+            id,
+        };
+        let results = bound_reply(vec![
+            answer(1, 10 * mib),
+            answer(2, 10 * mib),
+            answer(3, 10 * mib),
+            answer(4, 10 * mib),
+            answer(5, 10),
+        ]);
+        let codes: Vec<Option<String>> = results
+            .iter()
+            .map(|r| match &r.result {
+                Some(kv::call_result::Result::Error(e)) => {
+                    e.metadata.get(crate::meta::ERROR_CODE).cloned()
+                }
+                _ => None,
+            })
+            .collect();
+        let too_large = Some(crate::codes::RESPONSE_TOO_LARGE.to_string());
+        assert_eq!(codes, vec![None, None, None, too_large, None]);
+        assert_eq!(
+            results.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        let total: usize = results.iter().map(prost::Message::encoded_len).sum();
+        assert!(total <= UNARY_REPLY_BYTES, "{total}");
+    }
 
     #[test]
     fn statuses_survive_the_trip_through_a_batch() {

@@ -220,6 +220,76 @@ async fn batch_reads_too_large_or_too_many_are_refused_by_name() {
     assert_eq!(err.code(), kv_proto::codes::TOO_MANY_KEYS, "{err} {diag}");
 }
 
+/// A unary `Multi` whose answers add up past the gRPC message limit: the router answers the
+/// calls that fit and fails the rest by name, instead of failing the whole reply to encode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_multi_of_many_big_answers_fails_only_the_calls_that_do_not_fit() {
+    use kv_proto::kv::{call, call_result, kv_client::KvClient, Call, GetRequest, MultiRequest};
+    let cluster = Cluster::start(ClusterOptions {
+        shards: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    let diag = cluster.diag();
+    let client = cluster.client_with(ClientOptions {
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    });
+    client
+        .put("big-0", big_value(0))
+        .await
+        .unwrap_or_else(|e| panic!("put: {e} {diag}"));
+    let mut kv = KvClient::connect(cluster.router().endpoint())
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e} {diag}"))
+        .max_decoding_message_size(kv_proto::MAX_MESSAGE_BYTES);
+    // 70 MiB of values: more than one message may carry.
+    const CALLS: u64 = 70;
+    let request = MultiRequest {
+        calls: (0..CALLS)
+            .map(|id| Call {
+                call: Some(call::Call::Get(GetRequest {
+                    key: "big-0".into(),
+                    ..Default::default()
+                })),
+                id,
+                timeout_ms: 30_000,
+            })
+            .collect(),
+    };
+    let reply = kv
+        .multi(request)
+        .await
+        .unwrap_or_else(|e| panic!("the Multi reply failed as a whole: {e} {diag}"))
+        .into_inner();
+    assert_eq!(reply.results.len(), CALLS as usize, "{diag}");
+    let (mut served, mut refused) = (0, 0);
+    for r in &reply.results {
+        match &r.result {
+            Some(call_result::Result::Get(g)) => {
+                assert!(g.value == big_value(0), "call {} read back changed {diag}", r.id);
+                served += 1;
+            }
+            Some(call_result::Result::Error(e)) => {
+                assert_eq!(
+                    e.metadata.get(kv_proto::meta::ERROR_CODE).map(String::as_str),
+                    Some(kv_proto::codes::RESPONSE_TOO_LARGE),
+                    "call {}: {e:?} {diag}",
+                    r.id
+                );
+                refused += 1;
+            }
+            other => panic!("call {}: {other:?} {diag}", r.id),
+        }
+    }
+    let fit = kv_proto::multi::UNARY_REPLY_BYTES / VALUE_BYTES;
+    assert!(
+        served >= fit - 1 && served <= fit && refused == CALLS as usize - served,
+        "{served} served, {refused} refused, {fit} fit {diag}"
+    );
+}
+
 /// Resident memory of process `pid`, in bytes.
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
