@@ -457,11 +457,15 @@ impl Node {
             .to_vec();
         let (flusher, acks) = (self.flusher.clone(), self.acks.clone());
         let dir = keys::log_dir(&self.data_dir, group);
-        let mut log = FileLog::open(&self.db, &dir, group, flusher, acks)
-            .map_err(|e| NodeError::Storage(e.to_string()))?
-            .with_segment_bytes(self.log_segment_bytes);
-        let sm = StateMachine::open(&self.db, group, self.flusher.clone(), &log)
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        // Opening reads the whole log and rebuilds the request-id table: disk-bound work that
+        // must not hold up the worker's other tasks.
+        let (mut log, sm) = crate::storage::off_worker(|| {
+            let log = FileLog::open(&self.db, &dir, group, flusher, acks)?
+                .with_segment_bytes(self.log_segment_bytes);
+            let sm = StateMachine::open(&self.db, group, self.flusher.clone(), &log)?;
+            Ok::<_, crate::types::StorageError>((log, sm))
+        })
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
         let data = sm.data();
         let network = GroupNetwork {
             group,

@@ -35,7 +35,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend};
 
 use super::raft_meta::RaftMeta;
-use super::{read_err, DurableAcks, Flusher};
+use super::{off_worker, read_err, DurableAcks, Flusher};
 use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
 /// A segment that reaches this size is closed and the next append starts a new one, so that
@@ -323,17 +323,32 @@ impl Segments {
         self.segments.get(at).filter(|s| s.first == first)
     }
 
-    /// The segment the next entry (`index`) goes to, starting a new one when there is none, the
-    /// newest is full, or `index` does not follow its last entry (after a snapshot install).
-    fn active_for(&mut self, index: u64) -> io::Result<usize> {
+    /// Whether appending at `index` starts a new segment (syncing the last one and the
+    /// directory) rather than writing to the newest.
+    fn rolls(&self, index: u64) -> bool {
         let follows = match (self.segments.last(), self.locs.back()) {
             (Some(seg), Some(last)) => last.segment == seg.first && last.log_id.index + 1 == index,
             _ => false,
         };
+        !(follows
+            && self
+                .segments
+                .last()
+                .is_some_and(|s| s.len < self.segment_bytes))
+    }
+
+    /// Whether reading from `index` on is served from the cache of recent entries.
+    fn cached(&self, index: u64) -> bool {
+        self.cache_first().is_some_and(|first| first <= index)
+    }
+
+    /// The segment the next entry (`index`) goes to, starting a new one when there is none, the
+    /// newest is full, or `index` does not follow its last entry (after a snapshot install).
+    fn active_for(&mut self, index: u64) -> io::Result<usize> {
+        if !self.rolls(index) {
+            return Ok(self.segments.len() - 1);
+        }
         if let Some(seg) = self.segments.last_mut() {
-            if follows && seg.len < self.segment_bytes {
-                return Ok(self.segments.len() - 1);
-            }
             // Trimmed and synced now so that only the newest segment can ever end in anything
             // but a whole record.
             seg.trim(seg.len)?;
@@ -611,7 +626,12 @@ impl RaftLogReader<TypeConfig> for FileLog {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
-        self.lock().read(start, end)
+        let log = self.lock();
+        if log.cached(start) {
+            log.read(start, end)
+        } else {
+            off_worker(|| log.read(start, end))
+        }
     }
 }
 
@@ -653,7 +673,12 @@ impl RaftLogStorage<TypeConfig> for FileLog {
             .iter()
             .filter_map(|e| self.acks.tracked(e))
             .collect();
-        let file = self.lock().append(entries)?;
+        let mut log = self.lock();
+        let file = match entries.first() {
+            Some(head) if log.rolls(head.log_id.index) => off_worker(|| log.append(entries)),
+            _ => log.append(entries),
+        }?;
+        drop(log);
         let Some(file) = file else {
             callback.log_io_completed(Ok(()));
             return Ok(());
@@ -668,16 +693,14 @@ impl RaftLogStorage<TypeConfig> for FileLog {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.lock()
-            .truncate(log_id.index)
+        off_worker(|| self.lock().truncate(log_id.index))
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The marker first, durable with the state machine, before the entries go.
         self.meta.save_purged(&log_id).await?;
-        self.lock()
-            .purge(log_id.index)
+        off_worker(|| self.lock().purge(log_id.index))
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }

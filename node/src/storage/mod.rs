@@ -23,6 +23,18 @@ use openraft::{ErrorSubject, ErrorVerb};
 
 use crate::types::{NodeId, StorageError};
 
+/// Runs `f`, which may wait for the disk (an fsync, reads of old entries), without stalling
+/// the other tasks of the Tokio worker it is called on: on a multi-threaded runtime the worker
+/// hands its tasks to another thread first. Only for the rare slow steps; a plain append
+/// writes to the page cache and stays inline (a hand-off costs a thread wake-up).
+pub fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub(crate) fn sto_err(
     subject: ErrorSubject<NodeId>,
     verb: ErrorVerb,
