@@ -66,6 +66,8 @@ pub enum NodeError {
         age: Option<std::time::Duration>,
         max_staleness_ms: u32,
     },
+    #[error(transparent)]
+    RaftRefused(#[from] crate::raft_guard::Refusal),
 }
 
 fn describe_age(age: &Option<std::time::Duration>) -> String {
@@ -121,6 +123,10 @@ impl From<NodeError> for Status {
             NodeError::TooManyKeys { .. } => (Code::InvalidArgument, codes::TOO_MANY_KEYS),
             NodeError::TooManyFences { .. } => (Code::ResourceExhausted, codes::TOO_MANY_FENCES),
             NodeError::WrongGroup { .. } => (Code::Aborted, codes::WRONG_GROUP),
+            NodeError::RaftRefused(crate::raft_guard::Refusal::NotAReplica { .. }) => {
+                (Code::PermissionDenied, codes::RAFT_REFUSED)
+            }
+            NodeError::RaftRefused(_) => (Code::InvalidArgument, codes::RAFT_REFUSED),
             NodeError::MapChange(r) => match r {
                 MapChangeRefused::StaleEpoch { .. } => (Code::Aborted, codes::STALE_EPOCH),
                 MapChangeRefused::Invalid(_) => (Code::InvalidArgument, codes::INVALID_MAP_CHANGE),

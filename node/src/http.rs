@@ -74,6 +74,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> String {
     for (g, _) in &failed {
         let _ = writeln!(out, "kvnode_group_failed{{group=\"{g}\"}} 1");
     }
+    let _ = writeln!(
+        out,
+        "# HELP kvnode_raft_messages_refused_total Raft messages refused before reaching their \
+         group: from a node that is no replica, or with a term or index the group cannot have."
+    );
+    let _ = writeln!(out, "# TYPE kvnode_raft_messages_refused_total counter");
+    for (reason, n) in node.raft_refused.by_reason() {
+        let _ = writeln!(
+            out,
+            "kvnode_raft_messages_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     let _ = writeln!(out, "# TYPE kvnode_group_is_leader gauge");
     for g in node.groups() {
         let m = g.raft.metrics().borrow().clone();

@@ -25,6 +25,7 @@ pub mod http;
 pub mod keys;
 pub mod network;
 pub mod node;
+pub mod raft_guard;
 pub mod read_index;
 pub mod service;
 pub mod storage;

@@ -149,6 +149,8 @@ pub struct Node {
     pool: PeerPool,
     /// Serializes group starts and stops.
     reconciling: tokio::sync::Mutex<()>,
+    /// Raft messages refused before openraft saw them ([`crate::raft_guard`]).
+    pub raft_refused: crate::raft_guard::Refused,
 }
 
 impl Node {
@@ -202,6 +204,7 @@ impl Node {
             pool: PeerPool::new(config.raft.append_bytes),
             tuning: config.raft,
             reconciling: tokio::sync::Mutex::new(()),
+            raft_refused: Default::default(),
         });
         node.reconcile().await;
         if let Ok(meta) = node.group(META_GROUP) {

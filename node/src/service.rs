@@ -33,6 +33,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::error::NodeError;
 use crate::keys;
 use crate::node::{Group, Node};
+use crate::raft_guard;
 use crate::types::{
     Dedup, Fence, FenceChange, NodeId, Op, SubWrite, TypeConfig, MAX_REQUEST_ID_BYTES,
 };
@@ -492,6 +493,7 @@ impl RaftApi for RaftService {
         let req = request.into_inner();
         let group = self.node.group(req.group_id)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.payload)?;
+        self.admit(&group, |g| g.check_append(&rpc))?;
         let result = group.raft.append_entries(rpc).await;
         // Accepted from the current leader (a higher vote or a log conflict is not "heard"):
         // the clock that max-staleness reads on this follower go by.
@@ -508,6 +510,7 @@ impl RaftApi for RaftService {
         let req = request.into_inner();
         let group = self.node.group(req.group_id)?;
         let rpc: VoteRequest<NodeId> = decode(&req.payload)?;
+        self.admit(&group, |g| g.check_vote_request(&rpc))?;
         reply(&group.raft.vote(rpc).await)
     }
 
@@ -518,7 +521,37 @@ impl RaftApi for RaftService {
         let req = request.into_inner();
         let group = self.node.group(req.group_id)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.payload)?;
+        self.admit(&group, |g| g.check_snapshot(&rpc))?;
         reply(&group.raft.install_snapshot(rpc).await)
+    }
+}
+
+impl RaftService {
+    /// Runs `check` against the group as this replica sees it: its term, and its replicas in
+    /// the cluster map and in its Raft membership (which leads the map while one changes). A
+    /// refusal is counted and logged, and openraft never sees the message.
+    fn admit(
+        &self,
+        group: &Group,
+        check: impl FnOnce(&raft_guard::Group) -> Result<(), raft_guard::Refusal>,
+    ) -> Result<(), NodeError> {
+        let map = self.node.map();
+        let in_map = map.compiled.map.replicas(group.id).unwrap_or(&[]);
+        // Borrowed, not cloned: this runs for every heartbeat and append.
+        let metrics_rx = group.raft.metrics();
+        let metrics = metrics_rx.borrow();
+        let membership = metrics.membership_config.membership();
+        let is_replica = |id: NodeId| in_map.contains(&id) || membership.get_node(&id).is_some();
+        let outcome = check(&raft_guard::Group {
+            id: group.id,
+            current_term: metrics.current_term,
+            is_replica: &is_replica,
+        });
+        if let Err(refusal) = &outcome {
+            self.node.raft_refused.count(refusal);
+            tracing::warn!(group = group.id, "{refusal}");
+        }
+        outcome.map_err(NodeError::from)
     }
 }
 /// One page of a scan of `data`: at most `limit` keys and about

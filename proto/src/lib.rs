@@ -123,6 +123,9 @@ pub mod codes {
     pub const TOO_MANY_FENCES: &str = "TOO_MANY_FENCES";
     /// A batch read's values add up to more than `MAX_READ_BYTES`: read fewer keys at once.
     pub const RESPONSE_TOO_LARGE: &str = "RESPONSE_TOO_LARGE";
+    /// A Raft message refused before it reached the group: from a node that is no replica,
+    /// or with a term or index outside what the group could have.
+    pub const RAFT_REFUSED: &str = "RAFT_REFUSED";
     /// A batch holds more than `MAX_BATCH_KEYS` keys.
     pub const TOO_MANY_KEYS: &str = "TOO_MANY_KEYS";
     /// The server has the most calls in flight it takes (`multi::SERVER_CALLS_IN_FLIGHT`).
