@@ -12,6 +12,7 @@
 
 mod args;
 mod bench;
+mod certs;
 mod delete;
 mod dev;
 mod directory;
@@ -60,6 +61,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Generate load and report throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Make a certificate authority and node, router and client certificates.
+    Certs(certs::CertsArgs),
 }
 
 /// How a successful command ends.
@@ -123,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Directory(args) => directory::run(args, &global).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Bench(args) => bench::run(args, &global).await,
+        Command::Certs(args) => certs::run(args),
     }
 }
 
