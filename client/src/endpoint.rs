@@ -8,9 +8,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{ClientOptions, Error};
 
-/// Adds `http://` where no scheme is given and drops trailing slashes.
-///
-/// Only plain `http` is accepted: this build has no TLS.
+/// Adds `http://` where no scheme is given and drops trailing slashes; `https://` addresses
+/// are kept as they are (they need [`ClientOptions::tls`]).
 pub(crate) fn normalize(raw: &str) -> Result<String, Error> {
     let invalid = |message: &str| Error::InvalidEndpoint {
         endpoint: raw.to_owned(),
@@ -20,20 +19,23 @@ pub(crate) fn normalize(raw: &str) -> Result<String, Error> {
     if trimmed.is_empty() {
         return Err(invalid("empty address"));
     }
-    let url = match trimmed.split_once("://") {
-        None => format!("http://{}", trimmed.trim_end_matches('/')),
+    let (url, authority_at) = match trimmed.split_once("://") {
+        None => (format!("http://{}", trimmed.trim_end_matches('/')), 7),
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => {
-            format!("http://{}", rest.trim_end_matches('/'))
+            (format!("http://{}", rest.trim_end_matches('/')), 7)
+        }
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => {
+            (format!("https://{}", rest.trim_end_matches('/')), 8)
         }
         Some((scheme, _)) => {
             return Err(invalid(&format!(
-                "unsupported scheme {scheme:?} (only http is supported)"
+                "unsupported scheme {scheme:?} (http or https)"
             )))
         }
     };
     // An address without a host (`http://`, `http://:7400`) parses as a URI but cannot be
     // dialled.
-    let authority = &url["http://".len()..];
+    let authority = &url[authority_at..];
     if authority.is_empty() || authority.starts_with(':') {
         return Err(invalid("missing host"));
     }
@@ -70,6 +72,25 @@ pub(crate) fn channel(url: &str, options: &ClientOptions) -> Result<Channel, Err
         // and the next call opens another, instead of every call timing out on the old one.
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    let endpoint = if url.starts_with("https://") {
+        let tls = options.tls.as_ref().ok_or_else(|| Error::InvalidEndpoint {
+            endpoint: url.to_owned(),
+            message: "an https router needs a CA to trust (ClientOptions::tls, kvctl --tls-ca)"
+                .into(),
+        })?;
+        let config = tls.config().map_err(|e| Error::InvalidEndpoint {
+            endpoint: url.to_owned(),
+            message: e.to_string(),
+        })?;
+        endpoint
+            .tls_config(config)
+            .map_err(|e| Error::InvalidEndpoint {
+                endpoint: url.to_owned(),
+                message: format!("TLS: {e}"),
+            })?
+    } else {
+        endpoint
+    };
     Ok(endpoint.connect_lazy())
 }
 
@@ -93,6 +114,10 @@ mod tests {
             "http://localhost:7400"
         );
         assert_eq!(normalize("[::1]:7400").unwrap(), "http://[::1]:7400");
+        assert_eq!(
+            normalize("HTTPS://router:7400/").unwrap(),
+            "https://router:7400"
+        );
     }
 
     #[test]
@@ -101,7 +126,8 @@ mod tests {
             "",
             "  ",
             "http://",
-            "https://router:7400",
+            "https://",
+            "ftp://router:7400",
             "unix:///tmp/x",
             ":7400",
             "http://router:7400/kv",

@@ -51,6 +51,9 @@ pub struct ClientOptions {
     /// cost on both sides; a lone call goes out at once, so it adds no wait. Default on; off
     /// sends one unary RPC per call.
     pub coalesce: bool,
+    /// TLS for `https://` routers: the CA to trust, and a client certificate to present if
+    /// any. `https://` addresses need it; `http://` ones ignore it. Default none.
+    pub tls: Option<kv_proto::tls::ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +65,7 @@ impl Default for ClientOptions {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             coalesce: true,
+            tls: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //!   multi-raft transport (service `Raft`).
 //!
 //! - [`multi`]: many independent calls in one `Multi` RPC (both services).
+//! - [`tls`]: TLS configs from the PEM files named by `--tls-cert`, `--tls-key`, `--tls-ca`.
 //!
 //! Message size limits are set by each server and client; [`MAX_MESSAGE_BYTES`] is the one
 //! value they share, sized above the largest allowed value plus framing.
@@ -24,6 +25,7 @@ pub mod pb {
 }
 
 pub mod multi;
+pub mod tls;
 
 /// Node protocol: data RPCs per group, and Raft transport.
 pub use pb::kv::node::v1 as node;

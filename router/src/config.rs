@@ -23,6 +23,9 @@ pub struct Config {
     pub map_refresh_interval: Duration,
     /// Key and value size limits checked before anything is sent to a node.
     pub limits: Limits,
+    /// Serve the client API over TLS with these files (client certificates from the CA are
+    /// verified when presented, not required). Calls to nodes stay plaintext for now.
+    pub tls: Option<kv_proto::tls::TlsFiles>,
 }
 
 impl Config {
@@ -39,6 +42,7 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             map_refresh_interval: Duration::from_secs(5),
             limits: Limits::default(),
+            tls: None,
         }
     }
 }

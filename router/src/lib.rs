@@ -116,8 +116,17 @@ pub async fn run(
     let admin = AdminService::new(router.clone(), metrics.clone(), config.request_timeout);
     let service = KvService::new(router, metrics, config.request_timeout);
     let incoming = kv_proto::nodelay_incoming(listener);
-    tracing::info!(nodes = ?config.nodes, "kvrouter listening on {local}");
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(files) = &config.tls {
+        let tls = files
+            .server(false)
+            .map_err(|e| RouterError::Config(e.to_string()))?;
+        server = server
+            .tls_config(tls)
+            .map_err(|e| RouterError::Config(format!("TLS: {e}")))?;
+    }
+    tracing::info!(nodes = ?config.nodes, tls = config.tls.is_some(), "kvrouter listening on {local}");
+    let served = server
         .add_service(
             KvServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

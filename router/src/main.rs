@@ -46,6 +46,19 @@ struct Args {
     /// How often to re-read the cluster map as a fallback to watching it (e.g. 5s).
     #[arg(long, env = "KVROUTER_MAP_REFRESH_INTERVAL", default_value = "5s", value_name = "DURATION", value_parser = kvrouter::parse_duration)]
     map_refresh_interval: Duration,
+
+    /// This router's certificate (PEM): serve the client API over TLS only. Needs --tls-key
+    /// and --tls-ca.
+    #[arg(long, env = "KVROUTER_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "KVROUTER_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// The cluster's CA certificate (PEM): client certificates are checked against it.
+    #[arg(long, env = "KVROUTER_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -71,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
     config.http = args.http;
     config.request_timeout = args.request_timeout;
     config.map_refresh_interval = args.map_refresh_interval;
+    config.tls = kv_proto::tls::TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)?;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -272,6 +272,12 @@ impl RouterProcess {
         self.process.netns_name()
     }
 
+    /// The same router with more flags (`--tls-cert ...`, say).
+    pub fn with_args(mut self, extra: impl IntoIterator<Item = String>) -> Self {
+        self.process.push_args(extra);
+        self
+    }
+
     /// `127.0.0.1:PORT` of the `Kv` service.
     pub fn addr(&self) -> &str {
         &self.addr

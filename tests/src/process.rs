@@ -85,6 +85,11 @@ impl ChildProcess {
     }
 
     /// The arguments the program runs with.
+    /// Adds arguments for the next start.
+    pub fn push_args(&mut self, extra: impl IntoIterator<Item = String>) {
+        self.args.extend(extra);
+    }
+
     pub fn args(&self) -> &[String] {
         &self.args
     }

@@ -27,9 +27,50 @@ pub struct Global {
     /// Time budget of each request, retries included (e.g. 500ms, 5s, 1m).
     #[arg(long, global = true, env = "KVCTL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// CA certificate (PEM) to trust for an `https://` router.
+    #[arg(long, global = true, env = "KVCTL_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) to present to an `https://` router (with --tls-key).
+    #[arg(
+        long,
+        global = true,
+        env = "KVCTL_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "KVCTL_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Global {
+    /// The TLS setup of the flags, if any.
+    pub fn tls(&self) -> anyhow::Result<Option<kv_proto::tls::ClientTls>> {
+        let identity = self.tls_cert.clone().zip(self.tls_key.clone());
+        match (&self.tls_ca, identity) {
+            (Some(ca), identity) => Ok(Some(kv_proto::tls::ClientTls {
+                ca: ca.clone(),
+                identity,
+            })),
+            (None, Some(_)) => {
+                anyhow::bail!(
+                    "--tls-cert needs --tls-ca: the CA that signed the router's certificate"
+                )
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// A client for the routers named by `--router`.
     pub fn client(&self) -> anyhow::Result<Client> {
         let endpoints = self
@@ -41,6 +82,7 @@ impl Global {
             endpoints,
             ClientOptions {
                 timeout: self.timeout,
+                tls: self.tls()?,
                 ..ClientOptions::default()
             },
         )

@@ -96,6 +96,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<Outcome> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    let tls = global.tls()?;
     let clients = (0..args.connections)
         .map(|_| {
             Client::with_options(
@@ -103,6 +104,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<Outcome> {
                 ClientOptions {
                     timeout: global.timeout,
                     coalesce: !args.no_coalesce,
+                    tls: tls.clone(),
                     ..ClientOptions::default()
                 },
             )

@@ -1,0 +1,155 @@
+//! A router serving its client API over TLS (issue #12, first slice): certificates from
+//! `kvctl certs create`, `kvctl` and the client library over `https://` with the CA, and the
+//! refusals: a plaintext client, and a client that trusts another CA.
+
+use std::path::Path;
+use std::process::Output;
+
+use cluster_tests::cluster::kvctl;
+use cluster_tests::node::RouterProcess;
+use cluster_tests::ports::free_addr;
+use cluster_tests::{Cluster, ClusterOptions, READY_TIMEOUT};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn check(what: &str, out: &Output, code: i32, diag: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: stdout {:?} stderr {:?} {diag}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn path(dir: &Path, file: &str) -> String {
+    dir.join(file).display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_router_serves_https_clients_and_refuses_the_others() {
+    let cluster = Cluster::start(ClusterOptions {
+        routers: 0,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    let diag = cluster.diag();
+    let certs = cluster.dir().join("certs");
+    let other = cluster.dir().join("other-ca");
+    for dir in [&certs, &other] {
+        let out = kvctl(
+            "http://127.0.0.1:1",
+            ["certs", "create", "--dir", &dir.display().to_string()],
+        )
+        .await
+        .expect("kvctl runs");
+        check("certs create", &out, 0, &diag);
+    }
+
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.addr().to_string())
+        .collect();
+    let addr = free_addr();
+    let mut router = RouterProcess::new(
+        "router-tls",
+        addr.clone(),
+        free_addr(),
+        &nodes,
+        cluster.logs_dir().join("router-tls.log"),
+    )
+    .with_args([
+        "--tls-cert".to_string(),
+        path(&certs, "router.pem"),
+        "--tls-key".into(),
+        path(&certs, "router-key.pem"),
+        "--tls-ca".into(),
+        path(&certs, "ca.pem"),
+    ]);
+    router.start().expect("router starts");
+    router
+        .wait_ready(READY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("TLS router ready: {e:#} {diag}"));
+    let https = format!("https://{addr}");
+    let ca = path(&certs, "ca.pem");
+
+    let out = kvctl(&https, ["put", "k", "v", "--tls-ca", &ca])
+        .await
+        .unwrap();
+    check("put over https", &out, 0, &diag);
+    let out = kvctl(&https, ["get", "k", "--tls-ca", &ca]).await.unwrap();
+    check("get over https", &out, 0, &diag);
+    assert_eq!(text(&out.stdout), "v\n", "{diag}");
+    // With a client certificate as well.
+    let out = kvctl(
+        &https,
+        [
+            "get",
+            "k",
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &path(&certs, "client.pem"),
+            "--tls-key",
+            &path(&certs, "client-key.pem"),
+        ],
+    )
+    .await
+    .unwrap();
+    check("get with a client certificate", &out, 0, &diag);
+
+    // Refused: plaintext to a TLS port; a router whose certificate another CA signed; https
+    // without a CA to trust.
+    let out = kvctl(&format!("http://{addr}"), ["get", "k", "--timeout", "2s"])
+        .await
+        .unwrap();
+    check("plaintext get", &out, 1, &diag);
+    let out = kvctl(
+        &https,
+        [
+            "get",
+            "k",
+            "--timeout",
+            "2s",
+            "--tls-ca",
+            &path(&other, "ca.pem"),
+        ],
+    )
+    .await
+    .unwrap();
+    check("get trusting another CA", &out, 1, &diag);
+    let out = kvctl(&https, ["get", "k"]).await.unwrap();
+    check("https without --tls-ca", &out, 1, &diag);
+    assert!(
+        text(&out.stderr).contains("--tls-ca"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The library, as an application would use it.
+    let client = kvclient::Client::with_options(
+        [https.clone()],
+        kvclient::ClientOptions {
+            tls: Some(kv_proto::tls::ClientTls {
+                ca: certs.join("ca.pem"),
+                identity: None,
+            }),
+            ..Default::default()
+        },
+    )
+    .expect("client");
+    client
+        .put("lib", "x")
+        .await
+        .unwrap_or_else(|e| panic!("library put over https: {e} {diag}"));
+    let got = client
+        .get("lib")
+        .await
+        .unwrap_or_else(|e| panic!("get: {e} {diag}"));
+    assert_eq!(got.map(|v| v.value), Some("x".into()), "{diag}");
+}
