@@ -268,12 +268,18 @@ async fn a_unary_multi_of_many_big_answers_fails_only_the_calls_that_do_not_fit(
     for r in &reply.results {
         match &r.result {
             Some(call_result::Result::Get(g)) => {
-                assert!(g.value == big_value(0), "call {} read back changed {diag}", r.id);
+                assert!(
+                    g.value == big_value(0),
+                    "call {} read back changed {diag}",
+                    r.id
+                );
                 served += 1;
             }
             Some(call_result::Result::Error(e)) => {
                 assert_eq!(
-                    e.metadata.get(kv_proto::meta::ERROR_CODE).map(String::as_str),
+                    e.metadata
+                        .get(kv_proto::meta::ERROR_CODE)
+                        .map(String::as_str),
                     Some(kv_proto::codes::RESPONSE_TOO_LARGE),
                     "call {}: {e:?} {diag}",
                     r.id
