@@ -128,6 +128,102 @@ impl fmt::Display for Operation {
     }
 }
 
+/// Reads a history back from its text (one [`Operation`] per line, as `Display` writes them,
+/// e.g. a run's `history.txt`), so that a saved history can be checked again, with a larger
+/// budget say. Error texts of unknown outcomes are kept as written.
+pub fn parse_history(text: &str) -> Result<Vec<Operation>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| parse_operation(l).map_err(|e| format!("line {}: {e}: {l}", n + 1)))
+        .collect()
+}
+
+fn parse_operation(line: &str) -> Result<Operation, String> {
+    let ms = |t: &str| -> Result<Duration, String> {
+        let v: f64 = t.trim().parse().map_err(|_| format!("bad time {t:?}"))?;
+        Ok(Duration::from_nanos((v * 1_000_000.0).round() as u64))
+    };
+    let rest = line.trim().strip_prefix('[').ok_or("no [")?;
+    let (times, rest) = rest.split_once(']').ok_or("no ]")?;
+    let (invoke, end) = times.split_once("..").ok_or("no ..")?;
+    let invoke = ms(invoke)?;
+    let mut words = rest.trim().splitn(3, ' ');
+    let client = words
+        .next()
+        .and_then(|c| c.strip_prefix('c'))
+        .and_then(|c| c.parse().ok())
+        .ok_or("no client")?;
+    let key = words.next().ok_or("no key")?.to_string();
+    let (op, out) = words
+        .next()
+        .and_then(|r| r.split_once(" -> "))
+        .ok_or("no ->")?;
+    let kind = if op == "get()" {
+        OpKind::Get
+    } else if let Some(v) = op.strip_prefix("put(").and_then(|v| v.strip_suffix(')')) {
+        OpKind::Put { value: v.into() }
+    } else if let Some(c) = op
+        .strip_prefix("cas(if v")
+        .and_then(|v| v.strip_suffix(')'))
+    {
+        let (expected, value) = c.split_once(", ").ok_or("bad cas")?;
+        OpKind::Cas {
+            expected: expected.parse().map_err(|_| "bad cas version")?,
+            value: value.into(),
+        }
+    } else {
+        return Err(format!("unknown op {op:?}"));
+    };
+    let version = |v: &str| -> Result<u64, String> {
+        v.strip_prefix('v')
+            .and_then(|n| n.parse().ok())
+            .ok_or(format!("bad version {v:?}"))
+    };
+    let (outcome, error) = if let Some(v) = out.strip_prefix("ok ") {
+        (
+            Outcome::Written {
+                version: version(v)?,
+            },
+            None,
+        )
+    } else if out == "absent" {
+        (Outcome::Read(None), None)
+    } else if let Some(c) = out.strip_prefix("condition failed, current ") {
+        (
+            Outcome::CasFailed {
+                current: Some(version(c)?),
+            },
+            None,
+        )
+    } else if out == "condition failed" {
+        (Outcome::CasFailed { current: None }, None)
+    } else if out == "failed (no effect)" {
+        (Outcome::Failed, None)
+    } else if let Some(e) = out
+        .strip_prefix("UNKNOWN (")
+        .and_then(|e| e.strip_suffix(')'))
+    {
+        (Outcome::Unknown, Some(e.to_string()))
+    } else {
+        let (value, v) = out.rsplit_once(' ').ok_or("bad read")?;
+        (Outcome::Read(Some((value.into(), version(v)?))), None)
+    };
+    let complete = match end.trim() {
+        "inf" => invoke,
+        t => ms(t)?,
+    };
+    Ok(Operation {
+        client,
+        key,
+        kind,
+        invoke,
+        complete,
+        outcome,
+        error,
+    })
+}
+
 /// Recorded operations, shared by every recording client of one run.
 #[derive(Debug, Clone)]
 pub struct History {
@@ -417,6 +513,13 @@ impl Report {
         self.keys
             .iter()
             .all(|(_, v)| matches!(v, KeyVerdict::Linearizable))
+    }
+
+    /// Whether some key has no linearization (as opposed to one not found within the budget).
+    pub fn has_violation(&self) -> bool {
+        self.keys
+            .iter()
+            .any(|(_, v)| matches!(v, KeyVerdict::Violation(_)))
     }
 
     /// The keys that are not (proven) linearizable, with the reason.
@@ -744,6 +847,57 @@ impl Search {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_printed_history_reads_back_as_it_was() {
+        let at = |ms: u64| Duration::from_micros(ms * 1000 + 250);
+        let ops = vec![
+            Operation {
+                client: 3,
+                key: "nem-1".into(),
+                kind: OpKind::Cas {
+                    expected: 4,
+                    value: "w3-7".into(),
+                },
+                invoke: at(10),
+                complete: at(12),
+                outcome: Outcome::CasFailed { current: Some(9) },
+                error: None,
+            },
+            Operation {
+                client: 0,
+                key: "nem-0".into(),
+                kind: OpKind::Get,
+                invoke: at(11),
+                complete: at(15),
+                outcome: Outcome::Read(Some(("w1-2".into(), 5))),
+                error: None,
+            },
+            Operation {
+                client: 1,
+                key: "nem-0".into(),
+                kind: OpKind::Put {
+                    value: "w1-3".into(),
+                },
+                invoke: at(13),
+                complete: at(13),
+                outcome: Outcome::Unknown,
+                error: Some("deadline exceeded (x)".into()),
+            },
+            Operation {
+                client: 2,
+                key: "nem-0".into(),
+                kind: OpKind::Get,
+                invoke: at(1),
+                complete: at(2),
+                outcome: Outcome::Read(None),
+                error: None,
+            },
+        ];
+        let text: String = ops.iter().map(|o| format!("{o}\n")).collect();
+        assert_eq!(parse_history(&text).expect("parses"), ops);
+        assert!(parse_history("[ 1 .. 2 ] c1 k frob() -> ok v1").is_err());
+    }
 
     /// A history written as (client, invoke ms, complete ms or None for unknown, op, outcome).
     struct H(Vec<Operation>);
