@@ -199,14 +199,11 @@ fn load_fences(sm: &sled::Tree) -> Result<Vec<Fence>, StorageError> {
 
 /// The request-id table as of the last checkpoint, if one was stored.
 fn load_checkpoint(snapshots: &sled::Tree) -> Result<Option<Checkpoint>, StorageError> {
-    let rerr = |e: &dyn std::fmt::Display| {
-        read_err(
-            ErrorSubject::StateMachine,
-            std::io::Error::other(e.to_string()),
-        )
-    };
-    match snapshots.get(keys::REQUEST_IDS).map_err(|e| rerr(&e))? {
-        Some(raw) => bincode::deserialize(&raw).map(Some).map_err(|e| rerr(&e)),
+    let rerr = |e| read_err(ErrorSubject::StateMachine, e);
+    match snapshots.get(keys::REQUEST_IDS).map_err(rerr)? {
+        Some(raw) => bincode::deserialize(&raw)
+            .map(Some)
+            .map_err(|e| read_err(ErrorSubject::StateMachine, e)),
         None => Ok(None),
     }
 }
@@ -216,25 +213,22 @@ type Exceptions = HashMap<u64, HashMap<Vec<u8>, Vec<OpResult>>>;
 
 /// The dedup tree's records after log index `after`.
 fn load_exceptions(dedup: &sled::Tree, after: u64) -> Result<Exceptions, StorageError> {
-    let rerr = |e: &dyn std::fmt::Display| {
-        read_err(
-            ErrorSubject::StateMachine,
-            std::io::Error::other(e.to_string()),
-        )
-    };
     let mut exceptions: Exceptions = HashMap::new();
     for item in dedup.scan_prefix(b"e") {
-        let (key, raw) = item.map_err(|e| rerr(&e))?;
+        let (key, raw) = item.map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
         let index = key
             .get(9..17)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes)
-            .ok_or_else(|| rerr(&"request-id record with a short key"))?;
+            .ok_or_else(|| {
+                let short = std::io::Error::other("request-id record with a short key");
+                read_err(ErrorSubject::StateMachine, short)
+            })?;
         if index <= after {
             continue;
         }
         let pairs: Vec<(serde_bytes::ByteBuf, Vec<OpResult>)> =
-            bincode::deserialize(&raw).map_err(|e| rerr(&e))?;
+            bincode::deserialize(&raw).map_err(|e| read_err(ErrorSubject::StateMachine, e))?;
         let at = exceptions.entry(index).or_default();
         for (id, results) in pairs {
             at.insert(id.into_vec(), results);
@@ -345,24 +339,20 @@ impl StateMachine {
         while next <= applied {
             let end = applied.min(next + REBUILD_CHUNK - 1) + 1;
             let entries = log.read_now(next, end)?;
-            match entries.first() {
-                Some(first) if first.log_id.index == next => {}
-                first => {
-                    // Openraft purges the log only up to a snapshot, and the checkpoint is
-                    // stored before its snapshot: a gap means a bug or a damaged data dir. The
-                    // ids of the gap are lost (a retry of one may apply twice); the group
-                    // still serves.
-                    let resumes = first.map_or(end, |e| e.log_id.index);
-                    tracing::error!(
-                        group = self.group,
-                        from = next,
-                        to = resumes - 1,
-                        "request ids of entries missing from the log are forgotten"
-                    );
-                    if first.is_none() {
-                        break;
-                    }
-                }
+            // Openraft purges the log only up to a snapshot, and the checkpoint is stored
+            // before its snapshot: a gap means a bug or a damaged data dir. The ids of the gap
+            // are lost (a retry of one may apply twice); the group still serves.
+            let resumes = entries.first().map_or(end, |e| e.log_id.index);
+            if resumes != next {
+                tracing::error!(
+                    group = self.group,
+                    from = next,
+                    to = resumes - 1,
+                    "request ids of entries missing from the log are forgotten"
+                );
+            }
+            if entries.is_empty() {
+                break;
             }
             for e in &entries {
                 self.remember_from_log(e, &exceptions);

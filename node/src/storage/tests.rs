@@ -51,6 +51,11 @@ impl Replica {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path().join("db")).expect("sled");
         let flusher = Flusher::start(db.clone()).expect("flusher");
+        Replica::open(dir, db, flusher, 0)
+    }
+
+    /// Opens the log and the state machine of `dir` as a node does.
+    fn open(dir: tempfile::TempDir, db: sled::Db, flusher: Flusher, logged: u64) -> Replica {
         let log = log_in(dir.path(), 7, &db, &flusher);
         let sm = StateMachine::open(&db, 7, flusher.clone(), &log).expect("opens");
         Replica {
@@ -59,7 +64,7 @@ impl Replica {
             flusher,
             log,
             sm,
-            logged: 0,
+            logged,
         }
     }
 
@@ -89,16 +94,7 @@ impl Replica {
             logged,
         } = self;
         drop((sm, log));
-        let log = log_in(dir.path(), 7, &db, &flusher);
-        let sm = StateMachine::open(&db, 7, flusher.clone(), &log).expect("opens again");
-        Replica {
-            dir,
-            db,
-            flusher,
-            log,
-            sm,
-            logged,
-        }
+        Replica::open(dir, db, flusher, logged)
     }
 }
 

@@ -49,26 +49,27 @@ struct Args {
     budget: usize,
 }
 
-/// Whether the saved history at `path` is linearizable with ten times the budget: a history
-/// with many writes of unknown outcome can exhaust the first search without being wrong.
-fn deeper_check_passes(path: &std::path::Path, budget: usize) -> bool {
-    use cluster_tests::linearizability::{check_with_budget, parse_history};
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    match parse_history(&text) {
-        Ok(ops) => check_with_budget(&ops, budget.saturating_mul(10)).is_linearizable(),
-        Err(_) => false,
-    }
-}
-
-/// `--check FILE`: the verdict on a saved history.
-fn check_saved(path: &std::path::Path, budget: usize) -> anyhow::Result<()> {
+/// The verdict on the history saved at `path` with a state budget of `budget` per key.
+fn check_history_file(
+    path: &std::path::Path,
+    budget: usize,
+) -> anyhow::Result<cluster_tests::linearizability::Report> {
     use cluster_tests::linearizability::{check_with_budget, parse_history};
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let ops = parse_history(&text).map_err(anyhow::Error::msg)?;
-    let report = check_with_budget(&ops, budget);
+    Ok(check_with_budget(&ops, budget))
+}
+
+/// Whether the saved history at `path` is linearizable with ten times the budget: a history
+/// with many writes of unknown outcome can exhaust the first search without being wrong.
+fn deeper_check_passes(path: &std::path::Path, budget: usize) -> bool {
+    check_history_file(path, budget.saturating_mul(10)).is_ok_and(|r| r.is_linearizable())
+}
+
+/// `--check FILE`: the verdict on a saved history.
+fn check_saved(path: &std::path::Path, budget: usize) -> anyhow::Result<()> {
+    let report = check_history_file(path, budget)?;
     println!(
         "{}: {} operations checked ({} unknown), budget {budget} states per key",
         path.display(),

@@ -139,8 +139,9 @@ pub fn create(
     written.push(write(dir, FILES[0].1, &ca_key.serialize_pem(), true)?);
     let issuer = Issuer::new(ca, ca_key);
 
-    for (cert_file, key_file, role) in FILES.iter().skip(1) {
-        let Some(role) = *role else { continue };
+    for (cert_file, key_file, role) in FILES {
+        // The CA, written above, is the one without a role.
+        let Some(role) = role else { continue };
         let key = KeyPair::generate().context("generating a key")?;
         let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
         if role != Role::Client {
