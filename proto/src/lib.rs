@@ -5,6 +5,7 @@
 //!   multi-raft transport (service `Raft`).
 //!
 //! - [`multi`]: many independent calls in one `Multi` RPC (both services).
+//! - [`peer`]: who is at the other end of a connection (its certificate's role and name).
 //! - [`tls`]: TLS configs from the PEM files named by `--tls-cert`, `--tls-key`, `--tls-ca`.
 //!
 //! Message size limits are set by each server and client; [`MAX_MESSAGE_BYTES`] is the one
@@ -25,6 +26,7 @@ pub mod pb {
 }
 
 pub mod multi;
+pub mod peer;
 pub mod tls;
 
 /// Node protocol: data RPCs per group, and Raft transport.
