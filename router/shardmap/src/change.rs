@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthChange;
 use crate::{
     ClusterMap, DirectoryEntry, GroupId, GroupInfo, Keyspace, MapError, NodeId, Strategy,
     DEFAULT_KEYSPACE, DEFAULT_VNODES,
@@ -101,13 +102,15 @@ pub enum MapChange {
         keyspace: String,
         directory: Vec<u8>,
     },
+    /// A change to users, roles, grants or tokens (the map's `auth` section).
+    Auth(AuthChange),
 }
 
 fn invalid(msg: impl Into<String>) -> MapError {
     MapError::Invalid(msg.into())
 }
 
-fn check_name(name: &str) -> Result<(), MapError> {
+pub(crate) fn check_name(name: &str) -> Result<(), MapError> {
     if name.is_empty() {
         return Err(invalid("keyspace name must not be empty"));
     }
@@ -291,6 +294,9 @@ impl ClusterMap {
                 }
                 ks.epoch = epoch;
             }
+            MapChange::Auth(change) => {
+                next.auth = self.auth.apply(change)?;
+            }
         }
         Ok(next)
     }
@@ -422,7 +428,17 @@ fn check_directory(dir: &[u8], separator: &[u8]) -> Result<(), MapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{Access, Grant, TokenEntry};
     use crate::{CompiledMap, META_GROUP};
+
+    fn golden_token() -> TokenEntry {
+        TokenEntry {
+            id: "0011223344556677".into(),
+            sha256: "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
+            created_ms: 5,
+            expires_at_ms: Some(9),
+        }
+    }
 
     fn map(nodes: u64) -> ClusterMap {
         let n: Vec<_> = (1..=nodes).map(|i| (i, format!("h{i}:1"))).collect();
@@ -471,6 +487,89 @@ mod tests {
                     directory: b"t".to_vec(),
                 },
                 r#"{"RemoveDirectory":{"keyspace":"d","directory":[116]}}"#,
+            ),
+            (
+                MapChange::Auth(AuthChange::CreateUser {
+                    name: "bob".into(),
+                    roles: vec!["reader".into()],
+                    token: Some(golden_token()),
+                }),
+                concat!(
+                    r#"{"Auth":{"CreateUser":{"name":"bob","roles":["reader"],"token":"#,
+                    r#"{"id":"0011223344556677","sha256":"#,
+                    r#""00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff","#,
+                    r#""created_ms":5,"expires_at_ms":9}}}}"#
+                ),
+            ),
+            (
+                MapChange::Auth(AuthChange::DeleteUser { name: "bob".into() }),
+                r#"{"Auth":{"DeleteUser":{"name":"bob"}}}"#,
+            ),
+            (
+                MapChange::Auth(AuthChange::SetUserRoles {
+                    name: "bob".into(),
+                    roles: vec![],
+                }),
+                r#"{"Auth":{"SetUserRoles":{"name":"bob","roles":[]}}}"#,
+            ),
+            (
+                MapChange::Auth(AuthChange::IssueToken {
+                    user: "bob".into(),
+                    token: TokenEntry {
+                        expires_at_ms: None,
+                        ..golden_token()
+                    },
+                }),
+                concat!(
+                    r#"{"Auth":{"IssueToken":{"user":"bob","token":{"id":"0011223344556677","#,
+                    r#""sha256":"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff","#,
+                    r#""created_ms":5,"expires_at_ms":null}}}}"#
+                ),
+            ),
+            (
+                MapChange::Auth(AuthChange::RevokeToken {
+                    id: "0011223344556677".into(),
+                }),
+                r#"{"Auth":{"RevokeToken":{"id":"0011223344556677"}}}"#,
+            ),
+            (
+                MapChange::Auth(AuthChange::CreateRole {
+                    name: "reader".into(),
+                    admin: false,
+                }),
+                r#"{"Auth":{"CreateRole":{"name":"reader","admin":false}}}"#,
+            ),
+            (
+                MapChange::Auth(AuthChange::DeleteRole {
+                    name: "reader".into(),
+                }),
+                r#"{"Auth":{"DeleteRole":{"name":"reader"}}}"#,
+            ),
+            (
+                MapChange::Auth(AuthChange::Grant {
+                    role: "reader".into(),
+                    grant: Grant {
+                        keyspace: "d".into(),
+                        prefix: b"t/".to_vec(),
+                        access: Access::ReadWrite,
+                    },
+                }),
+                concat!(
+                    r#"{"Auth":{"Grant":{"role":"reader","grant":{"keyspace":"d","#,
+                    r#""prefix":[116,47],"access":"read_write"}}}}"#
+                ),
+            ),
+            (
+                MapChange::Auth(AuthChange::RevokeGrant {
+                    role: "reader".into(),
+                    keyspace: "d".into(),
+                    prefix: vec![],
+                }),
+                r#"{"Auth":{"RevokeGrant":{"role":"reader","keyspace":"d","prefix":[]}}}"#,
+            ),
+            (
+                MapChange::Auth(AuthChange::SetEnabled { enabled: true }),
+                r#"{"Auth":{"SetEnabled":{"enabled":true}}}"#,
             ),
         ];
         for (change, json) in vectors {

@@ -8,8 +8,10 @@
 //! - [`Placement`]: a keyspace's strategy compiled for lookups (the hash ring is built once).
 //! - [`ring`], [`range`], [`directory`]: the three strategies.
 //! - [`change`]: the changes an operator can make to the map, validated and applied purely.
+//! - [`auth`]: users, roles, grants and tokens, and who may do what.
 //! - [`Limits`]: the size limits on keys and values that routers and nodes both enforce.
 
+pub mod auth;
 pub mod change;
 pub mod directory;
 pub mod range;
@@ -19,6 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{Access, AuthChange, AuthConfig, AuthIndex, Grant, Permissions, Token, TokenEntry};
 pub use change::{KeyspaceSpec, MapChange, StrategyKind};
 pub use directory::{directory_of, prefix_end, DirectoryPlacement};
 pub use range::RangePlacement;
@@ -135,6 +138,10 @@ pub struct ClusterMap {
     /// Maps written before this field existed read it as 0, meaning "above every group".
     #[serde(default)]
     pub next_group_id: GroupId,
+    /// Users, roles and grants. Not written while auth was never used, so such maps keep the
+    /// JSON they had before this field existed; maps without it read as "auth off".
+    #[serde(default, skip_serializing_if = "AuthConfig::is_off")]
+    pub auth: AuthConfig,
 }
 
 impl ClusterMap {
@@ -231,6 +238,7 @@ impl ClusterMap {
             groups,
             keyspaces,
             next_group_id: shards as GroupId + 1,
+            auth: AuthConfig::default(),
         })
     }
 
@@ -592,6 +600,7 @@ mod tests {
                 ),
             ]),
             next_group_id: 4,
+            auth: AuthConfig::default(),
         }
     }
 
@@ -626,6 +635,47 @@ mod tests {
         let old: ClusterMap = serde_json::from_str(&old).unwrap();
         assert_eq!(old.next_group_id, 0, "{CHANGED}");
         assert_eq!(old.keyspaces["h"].epoch, 0, "{CHANGED}");
+    }
+
+    #[test]
+    fn golden_auth_section_json() {
+        // The map's auth section, as the meta group stores it: if this fails, stored users,
+        // roles and token hashes would be misread.
+        const CHANGED: &str = "you changed a persisted format; existing data dirs would be misread";
+        let mut map = golden_map();
+        map.auth = AuthConfig::bootstrap(TokenEntry {
+            id: "0011223344556677".into(),
+            sha256: "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
+            created_ms: 5,
+            expires_at_ms: None,
+        });
+        map.auth.roles.insert(
+            "reader".into(),
+            auth::Role {
+                admin: false,
+                grants: vec![Grant {
+                    keyspace: "h".into(),
+                    prefix: b"t/".to_vec(),
+                    access: Access::Read,
+                }],
+            },
+        );
+        let json = serde_json::to_string(&map).unwrap();
+        let auth = concat!(
+            r#","auth":{"enabled":true,"users":{"admin":{"roles":["admin"],"tokens":[{"#,
+            r#""id":"0011223344556677","#,
+            r#""sha256":"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff","#,
+            r#""created_ms":5,"expires_at_ms":null}]}},"roles":{"admin":{"admin":true,"#,
+            r#""grants":[]},"reader":{"admin":false,"grants":[{"keyspace":"h","#,
+            r#""prefix":[116,47],"access":"read"}]}}}}"#
+        );
+        let golden = format!("{}{auth}", &GOLDEN_MAP_JSON[..GOLDEN_MAP_JSON.len() - 1]);
+        assert_eq!(json, golden, "{CHANGED}");
+        let back: ClusterMap = serde_json::from_str(&golden).unwrap();
+        assert_eq!(back, map, "{CHANGED}");
+        // A map without the section (every map before auth) reads as auth off.
+        let old: ClusterMap = serde_json::from_str(GOLDEN_MAP_JSON).unwrap();
+        assert!(old.auth.is_off() && !old.auth.enabled, "{CHANGED}");
     }
 
     #[test]
