@@ -86,6 +86,21 @@ async fn metrics(State(node): State<Arc<Node>>) -> String {
             "kvnode_raft_messages_refused_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP kvnode_calls_refused_total Calls refused for their caller's TLS certificate: \
+         none presented, or one whose role the service does not admit."
+    );
+    let _ = writeln!(out, "# TYPE kvnode_calls_refused_total counter");
+    for (service, reason, n) in node.roles_refused.by_reason() {
+        let _ = writeln!(
+            out,
+            "kvnode_calls_refused_total{{service=\"{service}\",reason=\"{reason}\"}} {n}"
+        );
+    }
+    if let Some(tls) = &node.tls {
+        tls.stats.write_metrics(&mut out, "kvnode");
+    }
     let _ = writeln!(out, "# TYPE kvnode_group_is_leader gauge");
     for g in node.groups() {
         let m = g.raft.metrics().borrow().clone();

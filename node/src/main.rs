@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use kv_proto::peer::CertRole;
+use kv_proto::tls::{ClientAuth, TlsCerts, TlsFiles};
 use kvnode::{NodeConfig, RaftTuning};
 use shardmap::Limits;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +83,17 @@ struct Args {
     /// (one entry alone may exceed it). Must stay under the Raft message limit.
     #[arg(long, env = "KVNODE_RAFT_APPEND_BYTES", default_value_t = kvnode::network::DEFAULT_APPEND_BYTES)]
     raft_append_bytes: usize,
+    /// This node's certificate (PEM, naming the node role): serve mutual TLS only, and dial
+    /// other nodes with it. Needs --tls-key and --tls-ca. The files are re-read when they
+    /// change, so rotating them needs no restart.
+    #[arg(long, env = "KVNODE_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "KVNODE_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificates (PEM) whose node and router certificates may call this node.
+    #[arg(long, env = "KVNODE_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// How long a request may wait for a quorum, in milliseconds, before UNAVAILABLE.
     #[arg(long, env = "KVNODE_REQUEST_TIMEOUT_MS", default_value_t = 4_000)]
     request_timeout_ms: u64,
@@ -166,6 +179,19 @@ async fn main() -> anyhow::Result<()> {
         cache_capacity_bytes: args.cache_mb * 1024 * 1024,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         log_segment_bytes: args.log_segment_bytes,
+        tls: match TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)? {
+            Some(files) => Some(TlsCerts::load(
+                files,
+                ClientAuth::Required,
+                Some(CertRole::Node),
+            )?),
+            None => {
+                tracing::warn!(
+                    "serving plaintext: anyone who reaches this port can call it (--tls-cert, --tls-key, --tls-ca)"
+                );
+                None
+            }
+        },
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

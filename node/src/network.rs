@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use kv_proto::node::raft_client::RaftClient;
 use kv_proto::node::{RaftReply, RaftRequest};
+use kv_proto::peer::CertRole;
+use kv_proto::tls::TlsCerts;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -37,13 +39,16 @@ pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Bytes of entries per AppendEntries message ([`fit_entries`]).
     append_bytes: usize,
+    /// Dial peers with mutual TLS, expecting node certificates, when set.
+    tls: Option<Arc<TlsCerts>>,
 }
 
 impl PeerPool {
-    pub fn new(append_bytes: usize) -> Self {
+    pub fn new(append_bytes: usize, tls: Option<Arc<TlsCerts>>) -> Self {
         PeerPool {
             channels: Arc::default(),
             append_bytes,
+            tls,
         }
     }
 
@@ -52,12 +57,12 @@ impl PeerPool {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let ch = kv_proto::tls::channel(endpoint, self.tls.as_ref(), Some(CertRole::Node));
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Size at which a group's log segment file is closed ([`crate::storage::SEGMENT_BYTES`]).
     pub log_segment_bytes: u64,
+    /// Serve and dial mutual TLS with these certificates (plaintext when `None`).
+    pub tls: Option<Arc<kv_proto::tls::TlsCerts>>,
 }
 
 /// Per-group Raft settings.
@@ -151,6 +153,10 @@ pub struct Node {
     reconciling: tokio::sync::Mutex<()>,
     /// Raft messages refused before openraft saw them ([`crate::raft_guard`]).
     pub raft_refused: crate::raft_guard::Refused,
+    /// This node's certificates, when it serves and dials TLS.
+    pub tls: Option<Arc<kv_proto::tls::TlsCerts>>,
+    /// Calls refused for their caller's certificate role ([`crate::peer_roles`]).
+    pub roles_refused: Arc<crate::peer_roles::Refused>,
 }
 
 impl Node {
@@ -201,10 +207,12 @@ impl Node {
             node_tree,
             data_dir: config.data_dir.clone(),
             log_segment_bytes: config.log_segment_bytes,
-            pool: PeerPool::new(config.raft.append_bytes),
+            pool: PeerPool::new(config.raft.append_bytes, config.tls.clone()),
             tuning: config.raft,
             reconciling: tokio::sync::Mutex::new(()),
             raft_refused: Default::default(),
+            tls: config.tls,
+            roles_refused: Default::default(),
         });
         node.reconcile().await;
         if let Ok(meta) = node.group(META_GROUP) {

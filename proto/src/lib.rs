@@ -34,39 +34,6 @@ pub use pb::kv::node::v1 as node;
 /// Public KV API.
 pub use pb::kv::v1 as kv;
 
-/// Accepted connections of `listener`, with Nagle's algorithm off. tonic applies its own
-/// `tcp_nodelay` only to listeners it binds itself, and a server handed a listener would
-/// otherwise hold back small responses until the peer's delayed ACK (40 ms on Linux): that was
-/// the whole p99 of strong writes, whose Raft rounds wait on such responses.
-///
-/// Accept errors never reach tonic, which retries them at once: out of file descriptors
-/// (`EMFILE`), every retry fails again immediately and the server spun at 100 % CPU. They are
-/// logged and retried after a pause that grows to a second, so the process keeps serving the
-/// connections it has until some close.
-pub fn nodelay_incoming(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let mut pause = ACCEPT_PAUSE_MIN;
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    // Only a latency setting: a socket that refuses it still works.
-                    let _ = stream.set_nodelay(true);
-                    return Some((Ok(stream), listener));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "accept failed; pausing");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
-                }
-            }
-        }
-    })
-}
-
-const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
-const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Bytes of keys and values past which a scan page ends (with `more` set), on nodes and on
 /// routers merging groups' pages: a scan of large values with a high limit would otherwise
@@ -134,4 +101,13 @@ pub mod codes {
     pub const TOO_MANY_KEYS: &str = "TOO_MANY_KEYS";
     /// The server has the most calls in flight it takes (`multi::SERVER_CALLS_IN_FLIGHT`).
     pub const SERVER_BUSY: &str = "SERVER_BUSY";
+    /// Auth is on and the request carries no credential, or one that is malformed, unknown,
+    /// revoked, expired, or names no user (`UNAUTHENTICATED`).
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The caller is known but none of its roles allows this action on this target
+    /// (`PERMISSION_DENIED`).
+    pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
+    /// The caller's certificate does not name a role this service admits (a client
+    /// certificate on a node's `Raft` service, say), or the caller presented none.
+    pub const WRONG_ROLE: &str = "WRONG_ROLE";
 }

@@ -24,7 +24,7 @@ pub struct Config {
     /// Key and value size limits checked before anything is sent to a node.
     pub limits: Limits,
     /// Serve the client API over TLS with these files (client certificates from the CA are
-    /// verified when presented, not required). Calls to nodes stay plaintext for now.
+    /// verified when presented, not required), and dial nodes with mutual TLS.
     pub tls: Option<kv_proto::tls::TlsFiles>,
 }
 

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 struct HttpState {
     maps: Arc<MapCache>,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<kv_proto::tls::TlsCerts>>,
 }
 
 /// Serves the endpoints on `listener` until `shutdown`.
@@ -24,13 +25,14 @@ pub async fn serve(
     listener: TcpListener,
     maps: Arc<MapCache>,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<kv_proto::tls::TlsCerts>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(HttpState { maps, metrics });
+        .with_state(HttpState { maps, metrics, tls });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -54,8 +56,9 @@ async fn ready(State(state): State<HttpState>) -> (StatusCode, String) {
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    if let Some(tls) = &state.tls {
+        tls.stats.write_metrics(&mut text, "kvrouter");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

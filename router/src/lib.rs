@@ -47,6 +47,8 @@ use std::sync::Arc;
 
 use kv_proto::kv::admin_server::AdminServer;
 use kv_proto::kv::kv_server::KvServer;
+use kv_proto::peer::CertRole;
+use kv_proto::tls::{ClientAuth, TlsCerts};
 use kv_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +62,9 @@ use metrics::Metrics;
 use pool::NodePool;
 use routing::Router;
 use service::KvService;
+
+/// How often the TLS files are checked for a rotation.
+pub const TLS_RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the router on `listener` until `shutdown` is cancelled: loads the cluster map, follows
 /// it with `WatchClusterMap` and polls it as a fallback in the background, serves the `/health`, `/ready` and `/metrics` endpoints when
@@ -81,9 +86,24 @@ pub async fn run(
     // Stops the background tasks however this function returns.
     let stop = shutdown.child_token();
     let _stop_on_return = stop.clone().drop_guard();
+    // One set of certificates serves clients (whose certificates are optional: they may
+    // authenticate with tokens) and dials nodes (which require this router's certificate).
+    let tls = match &config.tls {
+        Some(files) => Some(
+            TlsCerts::load(files.clone(), ClientAuth::Optional, Some(CertRole::Router))
+                .map_err(|e| RouterError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(tls) = &tls {
+        tokio::spawn(
+            tls.clone()
+                .watch(TLS_RELOAD_POLL, stop.clone().cancelled_owned()),
+        );
+    }
 
     let metrics = Arc::new(Metrics::default());
-    let pool = Arc::new(NodePool::default());
+    let pool = Arc::new(NodePool::new(tls.clone()));
     let maps = Arc::new(MapCache::new(config.nodes.clone()));
 
     let http_task = match &config.http {
@@ -94,6 +114,7 @@ pub async fn run(
                 http_listener,
                 maps.clone(),
                 metrics.clone(),
+                tls.clone(),
                 stop.clone(),
             )))
         }
@@ -115,16 +136,8 @@ pub async fn run(
     let router = Arc::new(Router::new(maps, pool, metrics.clone(), config.limits));
     let admin = AdminService::new(router.clone(), metrics.clone(), config.request_timeout);
     let service = KvService::new(router, metrics, config.request_timeout);
-    let incoming = kv_proto::nodelay_incoming(listener);
+    let incoming = kv_proto::tls::incoming(listener, tls);
     let mut server = tonic::transport::Server::builder();
-    if let Some(files) = &config.tls {
-        let tls = files
-            .server(false)
-            .map_err(|e| RouterError::Config(e.to_string()))?;
-        server = server
-            .tls_config(tls)
-            .map_err(|e| RouterError::Config(format!("TLS: {e}")))?;
-    }
     tracing::info!(nodes = ?config.nodes, tls = config.tls.is_some(), "kvrouter listening on {local}");
     let served = server
         .add_service(

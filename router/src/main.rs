@@ -47,8 +47,9 @@ struct Args {
     #[arg(long, env = "KVROUTER_MAP_REFRESH_INTERVAL", default_value = "5s", value_name = "DURATION", value_parser = kvrouter::parse_duration)]
     map_refresh_interval: Duration,
 
-    /// This router's certificate (PEM): serve the client API over TLS only. Needs --tls-key
-    /// and --tls-ca.
+    /// This router's certificate (PEM, naming the router role): serve the client API over TLS
+    /// only, and dial nodes with it (mutual TLS). Needs --tls-key and --tls-ca. The files are
+    /// re-read when they change, so rotating them needs no restart.
     #[arg(long, env = "KVROUTER_TLS_CERT", value_name = "FILE")]
     tls_cert: Option<std::path::PathBuf>,
 
@@ -56,7 +57,8 @@ struct Args {
     #[arg(long, env = "KVROUTER_TLS_KEY", value_name = "FILE")]
     tls_key: Option<std::path::PathBuf>,
 
-    /// The cluster's CA certificate (PEM): client certificates are checked against it.
+    /// The cluster's CA certificates (PEM): nodes' certificates and any client certificate are
+    /// checked against them.
     #[arg(long, env = "KVROUTER_TLS_CA", value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
 }

@@ -19,6 +19,8 @@ use kv_proto::node::{
     node_call, NodeCall, NodeCallResult, NodeMultiRequest, NodeMultiResponse, ReadRequest,
     ReadResponse, WriteRequest, WriteResponse,
 };
+use kv_proto::peer::CertRole;
+use kv_proto::tls::TlsCerts;
 use kv_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
@@ -92,9 +94,18 @@ pub struct NodeConn {
 #[derive(Debug, Default)]
 pub struct NodePool {
     clients: Mutex<HashMap<String, Arc<NodeConn>>>,
+    /// Dial nodes with mutual TLS, expecting node certificates, when set.
+    tls: Option<Arc<TlsCerts>>,
 }
 
 impl NodePool {
+    pub fn new(tls: Option<Arc<TlsCerts>>) -> NodePool {
+        NodePool {
+            clients: Mutex::default(),
+            tls,
+        }
+    }
+
     /// The client for `addr`; see [`NodePool::conn`].
     pub fn client(&self, addr: &str) -> Result<NodeClient<Channel>, RouterError> {
         self.conn(addr).map(|c| c.client.clone())
@@ -116,12 +127,12 @@ impl NodePool {
                 source,
             }
         })?;
-        let channel = endpoint
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = kv_proto::tls::channel(endpoint, self.tls.as_ref(), Some(CertRole::Node));
         let client = NodeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -51,6 +51,10 @@ pub struct ClusterOptions {
     /// (see [`crate::netns`]), so that tests can partition the network. Needs root; call
     /// [`crate::netns::require_netns`] first.
     pub netns: bool,
+    /// Run with TLS everywhere: certificates from `kvctl certs create` in `<dir>/certs`, mutual
+    /// TLS between nodes and from routers to nodes, routers serving `https://`, and the
+    /// harness's clients presenting the client certificate (see [`Cluster::certs`]).
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -64,6 +68,7 @@ impl Default for ClusterOptions {
             node_args: Vec::new(),
             ready_timeout: READY_TIMEOUT,
             netns: false,
+            tls: false,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct Cluster {
     router_ips: Vec<Ipv4Addr>,
     /// Keep the dir even without a panic (set when starting failed).
     keep: bool,
+    /// The certificates' dir, when started with `tls: true`.
+    certs: Option<PathBuf>,
     /// The namespaces, when started with `netns: true`. Declared last: dropped after
     /// `Drop::drop` has killed the processes inside.
     network: Option<Network>,
@@ -150,6 +157,7 @@ impl Cluster {
             routers: Vec::new(),
             router_ips: Vec::new(),
             keep: false,
+            certs: None,
             network,
         };
         match cluster.boot(options, addrs, node_ns, initial_cluster).await {
@@ -177,6 +185,24 @@ impl Cluster {
     ) -> anyhow::Result<()> {
         let dir = self.dir.clone();
         let logs = self.logs_dir();
+        if options.tls {
+            anyhow::ensure!(
+                !options.netns,
+                "TLS clusters run on loopback only (certificates name localhost)"
+            );
+            let certs = dir.join("certs");
+            let out = kvctl(
+                "http://127.0.0.1:1",
+                ["certs", "create", "--dir", &certs.display().to_string()],
+            )
+            .await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "kvctl certs create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.certs = Some(certs);
+        }
         for (i, (addr, http_addr)) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let config = NodeConfig {
@@ -190,6 +216,7 @@ impl Cluster {
                 max_logs_kept: options.max_logs_kept,
                 extra_args: options.node_args.clone(),
                 netns: node_ns[i].clone(),
+                tls: self.certs_for("node"),
             };
             let log = logs.join(format!("node{id}.log"));
             self.nodes.push(NodeProcess::new(config, log));
@@ -222,6 +249,10 @@ impl Cluster {
                 }
                 None => RouterProcess::new(&name, free_addr(), free_addr(), &node_addrs, log),
             };
+            let router = match self.certs_for("router") {
+                Some(tls) => router.with_tls(&tls),
+                None => router,
+            };
             self.routers.push(router);
         }
         for router in &mut self.routers {
@@ -234,6 +265,30 @@ impl Cluster {
     /// had failed: for callers that report a failure without panicking.
     pub fn keep_dir(&mut self) {
         self.keep = true;
+    }
+
+    /// The dir of the cluster's certificates (`ca.pem`, `node.pem`, `router.pem`,
+    /// `client.pem` and their keys), when started with `tls: true`.
+    pub fn certs(&self) -> Option<&Path> {
+        self.certs.as_deref()
+    }
+
+    /// `ROLE.pem`, `ROLE-key.pem` and `ca.pem` of a TLS cluster.
+    pub fn certs_for(&self, role: &str) -> Option<kv_proto::tls::TlsFiles> {
+        let dir = self.certs.as_ref()?;
+        Some(kv_proto::tls::TlsFiles {
+            cert: dir.join(format!("{role}.pem")),
+            key: dir.join(format!("{role}-key.pem")),
+            ca: dir.join("ca.pem"),
+        })
+    }
+
+    /// What a client of a TLS cluster trusts and presents: the CA and the client certificate.
+    pub fn client_tls(&self) -> Option<kv_proto::tls::ClientTls> {
+        self.certs_for("client").map(|f| kv_proto::tls::ClientTls {
+            ca: f.ca,
+            identity: Some((f.cert, f.key)),
+        })
     }
 
     /// The cluster's temp dir.
@@ -349,25 +404,37 @@ impl Cluster {
         })
     }
 
-    /// A client library handle for router `i` alone, with `options`.
+    /// A client library handle for router `i` alone, with `options` (and the client
+    /// certificate of a TLS cluster, unless `options` name TLS settings of their own).
     pub fn client_of(&self, i: usize, options: kvclient::ClientOptions) -> kvclient::Client {
         let endpoint = self.routers[i].endpoint();
-        kvclient::Client::with_options([endpoint], options)
+        kvclient::Client::with_options([endpoint], self.with_client_tls(options))
             .unwrap_or_else(|e| panic!("kvclient refused the router endpoint: {e}"))
     }
 
     /// A client library handle for every router, with `options`.
     pub fn client_with(&self, options: kvclient::ClientOptions) -> kvclient::Client {
         let endpoints: Vec<String> = self.routers.iter().map(|r| r.endpoint()).collect();
-        kvclient::Client::with_options(endpoints, options)
+        kvclient::Client::with_options(endpoints, self.with_client_tls(options))
             .unwrap_or_else(|e| panic!("kvclient refused the router endpoints: {e}"))
+    }
+
+    fn with_client_tls(&self, mut options: kvclient::ClientOptions) -> kvclient::ClientOptions {
+        if options.tls.is_none() {
+            options.tls = self.client_tls();
+        }
+        options
     }
 
     /// A raw gRPC client of the first router's `Kv` service, for checking exact status codes.
     pub async fn kv_client(&self) -> anyhow::Result<KvClient<Channel>> {
-        let channel = tonic::transport::Endpoint::from_shared(self.router_endpoint())?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.router_endpoint())?
             .connect_timeout(RPC_TIMEOUT)
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30));
+        if let Some(tls) = self.client_tls() {
+            endpoint = endpoint.tls_config(tls.config()?)?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("connecting to router at {}", self.router_endpoint()))?;
@@ -444,13 +511,26 @@ impl Cluster {
         .await
     }
 
-    /// Runs `kvctl --router <first router> ARGS...` to completion (60 s at most).
+    /// Runs `kvctl --router <first router> ARGS...` to completion (60 s at most), with the
+    /// CA and client certificate of a TLS cluster.
     pub async fn kvctl<I, S>(&self, args: I) -> anyhow::Result<Output>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        kvctl(&self.router_endpoint(), args).await
+        let mut all: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(tls) = self.certs_for("client") {
+            for (flag, path) in [
+                ("--tls-ca", tls.ca),
+                ("--tls-cert", tls.cert),
+                ("--tls-key", tls.key),
+            ] {
+                all.push(flag.into());
+                all.push(path.into());
+            }
+        }
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        kvctl(&self.router_endpoint(), all).await
     }
 
     /// Logs of every process, last `lines` lines each.

@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub extra_args: Vec<String>,
     /// The network namespace the node runs in (clusters started with `netns: true`).
     pub netns: Option<String>,
+    /// The node's certificate files, when it serves mutual TLS: passed as `--tls-*`, and
+    /// presented by the harness's own calls to it (which need a node or router certificate).
+    pub tls: Option<kv_proto::tls::TlsFiles>,
 }
 
 /// One `kvnode` process.
@@ -68,6 +71,9 @@ impl NodeProcess {
         }
         if let Some(n) = config.max_logs_kept {
             args.extend(["--max-logs-kept".into(), n.to_string()]);
+        }
+        if let Some(tls) = &config.tls {
+            args.extend(tls_args(tls));
         }
         args.extend(config.extra_args.iter().cloned());
         let name = format!("node{}", config.id);
@@ -198,9 +204,10 @@ impl NodeProcess {
         Ok(())
     }
 
-    /// A gRPC client for the node's `Node` service.
+    /// A gRPC client for the node's `Node` service, presenting the node's own certificate
+    /// when it serves TLS.
     pub async fn node_client(&self) -> anyhow::Result<NodeClient<Channel>> {
-        node_client(&self.config.addr).await
+        node_client_with(&self.config.addr, self.config.tls.as_ref()).await
     }
 
     /// The node's view of every group it hosts.
@@ -214,17 +221,54 @@ impl NodeProcess {
     }
 }
 
+/// `--tls-cert FILE --tls-key FILE --tls-ca FILE`.
+pub fn tls_args(tls: &kv_proto::tls::TlsFiles) -> Vec<String> {
+    vec![
+        "--tls-cert".to_string(),
+        tls.cert.display().to_string(),
+        "--tls-key".into(),
+        tls.key.display().to_string(),
+        "--tls-ca".into(),
+        tls.ca.display().to_string(),
+    ]
+}
+
 /// A `Node` client for `addr` (`HOST:PORT`), with connect and request deadlines.
 pub async fn node_client(addr: &str) -> anyhow::Result<NodeClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(RPC_TIMEOUT)
-        .timeout(RPC_TIMEOUT)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to node at {addr}"))?;
-    Ok(NodeClient::new(channel)
+    node_client_with(addr, None).await
+}
+
+/// A `Node` client for `addr` over TLS presenting `tls`'s certificate (plaintext when `None`).
+pub async fn node_client_with(
+    addr: &str,
+    tls: Option<&kv_proto::tls::TlsFiles>,
+) -> anyhow::Result<NodeClient<Channel>> {
+    Ok(NodeClient::new(node_channel(addr, tls).await?)
         .max_decoding_message_size(kv_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(kv_proto::MAX_MESSAGE_BYTES))
+}
+
+/// A connected channel to node `addr`, over TLS presenting `tls`'s certificate and trusting
+/// its CA (plaintext when `None`), with connect and request deadlines.
+pub async fn node_channel(
+    addr: &str,
+    tls: Option<&kv_proto::tls::TlsFiles>,
+) -> anyhow::Result<Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+        .connect_timeout(RPC_TIMEOUT)
+        .timeout(RPC_TIMEOUT);
+    if let Some(tls) = tls {
+        let client = kv_proto::tls::ClientTls {
+            ca: tls.ca.clone(),
+            identity: Some((tls.cert.clone(), tls.key.clone())),
+        };
+        endpoint = endpoint.tls_config(client.config()?)?;
+    }
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to node at {addr}"))
 }
 
 /// One `kvrouter` process.
@@ -232,6 +276,8 @@ pub async fn node_client(addr: &str) -> anyhow::Result<NodeClient<Channel>> {
 pub struct RouterProcess {
     addr: String,
     http_addr: String,
+    /// Serves its client API over TLS ([`RouterProcess::with_tls`]).
+    https: bool,
     process: ChildProcess,
 }
 
@@ -256,6 +302,7 @@ impl RouterProcess {
         RouterProcess {
             addr,
             http_addr,
+            https: false,
             process,
         }
     }
@@ -278,14 +325,22 @@ impl RouterProcess {
         self
     }
 
+    /// The same router serving TLS with `tls` (and dialing nodes with it).
+    pub fn with_tls(mut self, tls: &kv_proto::tls::TlsFiles) -> Self {
+        self.process.push_args(tls_args(tls));
+        self.https = true;
+        self
+    }
+
     /// `127.0.0.1:PORT` of the `Kv` service.
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
-    /// `http://127.0.0.1:PORT` of the `Kv` service.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS) of the `Kv` service.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn http_addr(&self) -> &str {

@@ -1,14 +1,14 @@
-//! A router serving its client API over TLS (issue #12, first slice): certificates from
-//! `kvctl certs create`, `kvctl` and the client library over `https://` with the CA, and the
-//! refusals: a plaintext client, and a client that trusts another CA.
+//! A router serving its client API over TLS (issue #12): certificates from `kvctl certs
+//! create`, `kvctl` and the client library over `https://` with the CA (a client certificate
+//! optional), and the refusals: a plaintext client, a client that trusts another CA, https
+//! without a CA, and processes started with another role's certificate.
 
 use std::path::Path;
 use std::process::Output;
 
 use cluster_tests::cluster::kvctl;
-use cluster_tests::node::RouterProcess;
 use cluster_tests::ports::free_addr;
-use cluster_tests::{Cluster, ClusterOptions, READY_TIMEOUT};
+use cluster_tests::{Cluster, ClusterOptions};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -31,51 +31,27 @@ fn path(dir: &Path, file: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_router_serves_https_clients_and_refuses_the_others() {
     let cluster = Cluster::start(ClusterOptions {
-        routers: 0,
+        tls: true,
         ..Default::default()
     })
     .await
     .expect("cluster starts");
     let diag = cluster.diag();
-    let certs = cluster.dir().join("certs");
+    let certs = cluster
+        .certs()
+        .expect("a TLS cluster has certificates")
+        .to_path_buf();
     let other = cluster.dir().join("other-ca");
-    for dir in [&certs, &other] {
-        let out = kvctl(
-            "http://127.0.0.1:1",
-            ["certs", "create", "--dir", &dir.display().to_string()],
-        )
-        .await
-        .expect("kvctl runs");
-        check("certs create", &out, 0, &diag);
-    }
-
-    let nodes: Vec<String> = cluster
-        .nodes()
-        .iter()
-        .map(|n| n.addr().to_string())
-        .collect();
-    let addr = free_addr();
-    let mut router = RouterProcess::new(
-        "router-tls",
-        addr.clone(),
-        free_addr(),
-        &nodes,
-        cluster.logs_dir().join("router-tls.log"),
+    let out = kvctl(
+        "http://127.0.0.1:1",
+        ["certs", "create", "--dir", &other.display().to_string()],
     )
-    .with_args([
-        "--tls-cert".to_string(),
-        path(&certs, "router.pem"),
-        "--tls-key".into(),
-        path(&certs, "router-key.pem"),
-        "--tls-ca".into(),
-        path(&certs, "ca.pem"),
-    ]);
-    router.start().expect("router starts");
-    router
-        .wait_ready(READY_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("TLS router ready: {e:#} {diag}"));
-    let https = format!("https://{addr}");
+    .await
+    .expect("kvctl runs");
+    check("certs create", &out, 0, &diag);
+    let addr = cluster.router().addr().to_string();
+    let https = cluster.router_endpoint();
+    assert_eq!(https, format!("https://{addr}"));
     let ca = path(&certs, "ca.pem");
 
     let out = kvctl(&https, ["put", "k", "v", "--tls-ca", &ca])
@@ -152,4 +128,45 @@ async fn a_tls_router_serves_https_clients_and_refuses_the_others() {
         .await
         .unwrap_or_else(|e| panic!("get: {e} {diag}"));
     assert_eq!(got.map(|v| v.value), Some("x".into()), "{diag}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_refuses_a_certificate_of_another_role() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = kvctl(
+        "http://127.0.0.1:1",
+        [
+            "certs",
+            "create",
+            "--dir",
+            &dir.path().display().to_string(),
+        ],
+    )
+    .await
+    .expect("kvctl runs");
+    check("certs create", &out, 0, "");
+    // A router given the node's certificate, and a node given the router's.
+    let router = tokio::process::Command::new(cluster_tests::bins::bin_path("kvrouter"))
+        .args(["--listen", &free_addr(), "--nodes", "127.0.0.1:1"])
+        .args(["--tls-cert", &path(dir.path(), "node.pem")])
+        .args(["--tls-key", &path(dir.path(), "node-key.pem")])
+        .args(["--tls-ca", &path(dir.path(), "ca.pem")])
+        .output();
+    let node_dir = dir.path().join("node1");
+    let node = tokio::process::Command::new(cluster_tests::bins::bin_path("kvnode"))
+        .args(["--id", "1", "--listen", &free_addr()])
+        .args(["--data-dir", &node_dir.display().to_string()])
+        .args(["--initial-cluster", "1=127.0.0.1:1"])
+        .args(["--tls-cert", &path(dir.path(), "router.pem")])
+        .args(["--tls-key", &path(dir.path(), "router-key.pem")])
+        .args(["--tls-ca", &path(dir.path(), "ca.pem")])
+        .output();
+    for (what, out, needed) in [
+        ("kvrouter", router.await.expect("runs"), "router role"),
+        ("kvnode", node.await.expect("runs"), "node role"),
+    ] {
+        assert!(!out.status.success(), "{what} started: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needed), "{what}: {err}");
+    }
 }

@@ -30,6 +30,24 @@ enum CertsCommand {
     /// Write a new CA (ca.pem, ca-key.pem) and node, router and client certificates signed by
     /// it into DIR, valid for localhost and loopback (and any --host).
     Create(CreateArgs),
+    /// Issue new node, router and client certificates and keys from the CA already in DIR
+    /// (ca.pem, ca-key.pem), replacing the old ones: running processes take them within
+    /// seconds, without a restart.
+    Renew(RenewArgs),
+}
+
+#[derive(Debug, Args)]
+struct RenewArgs {
+    /// Directory holding ca.pem and ca-key.pem, and the certificates to replace.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Another DNS name or IP address the node and router certificates are valid for
+    /// (repeatable), besides localhost, 127.0.0.1 and ::1.
+    #[arg(long = "host", value_name = "NAME")]
+    hosts: Vec<String>,
+    /// How long the new certificates are valid, in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    days: u32,
 }
 
 #[derive(Debug, Args)]
@@ -96,7 +114,37 @@ pub fn run(args: CertsArgs) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Success)
         }
+        CertsCommand::Renew(a) => {
+            let written = renew(&a.dir, &a.hosts, a.days)?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(Outcome::Success)
+        }
     }
+}
+
+/// The validity window of certificates issued now for `days`: from an hour back, so that a
+/// machine whose clock is a little behind accepts them at once.
+fn validity(days: u32) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(i64::from(days)),
+    )
+}
+
+/// Issues new role certificates from the CA in `dir`; the paths written.
+pub fn renew(dir: &Path, hosts: &[String], days: u32) -> anyhow::Result<Vec<PathBuf>> {
+    let read = |file: &str| {
+        let path = dir.join(file);
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let ca_key = KeyPair::from_pem(&read(FILES[0].1)?)
+        .with_context(|| format!("{} is no private key", dir.join(FILES[0].1).display()))?;
+    let issuer = Issuer::from_ca_cert_pem(&read(FILES[0].0)?, ca_key)
+        .with_context(|| format!("{} is no CA certificate", dir.join(FILES[0].0).display()))?;
+    issue_leaves(dir, &issuer, hosts, days)
 }
 
 /// Writes the CA and the role certificates into `dir`; the paths written.
@@ -121,11 +169,7 @@ pub fn create(
             }
         }
     }
-    let now = time::OffsetDateTime::now_utc();
-    // An hour back, so that a machine whose clock is a little behind accepts them at once.
-    let not_before = now - time::Duration::hours(1);
-    let not_after = now + time::Duration::days(i64::from(days));
-
+    let (not_before, not_after) = validity(days);
     let ca_key = KeyPair::generate().context("generating the CA key")?;
     let mut ca = CertificateParams::default();
     ca.distinguished_name = name("kv cluster CA", None);
@@ -138,9 +182,21 @@ pub fn create(
     written.push(write(dir, FILES[0].0, &ca_cert.pem(), false)?);
     written.push(write(dir, FILES[0].1, &ca_key.serialize_pem(), true)?);
     let issuer = Issuer::new(ca, ca_key);
+    written.extend(issue_leaves(dir, &issuer, hosts, days)?);
+    Ok(written)
+}
 
+/// Issues and writes the node, router and client certificates and keys.
+fn issue_leaves(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    hosts: &[String],
+    days: u32,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let (not_before, not_after) = validity(days);
+    let mut written = Vec::new();
     for (cert_file, key_file, role) in FILES {
-        // The CA, written above, is the one without a role.
+        // The CA is the one without a role.
         let Some(role) = role else { continue };
         let key = KeyPair::generate().context("generating a key")?;
         let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
@@ -163,10 +219,13 @@ pub fn create(
         params.not_before = not_before;
         params.not_after = not_after;
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(&key, issuer)
             .with_context(|| format!("signing the {} certificate", role.name()))?;
-        written.push(write(dir, cert_file, &cert.pem(), false)?);
+        // Key first: a process that reads the pair between the two writes sees a new key
+        // with the old certificate, refuses the mismatch and keeps its old pair until the
+        // next look.
         written.push(write(dir, key_file, &key.serialize_pem(), true)?);
+        written.push(write(dir, cert_file, &cert.pem(), false)?);
     }
     Ok(written)
 }
@@ -180,9 +239,17 @@ fn name(common: &str, role: Option<Role>) -> DistinguishedName {
     dn
 }
 
-/// Writes `contents` to `dir/file`; keys readable by their owner only.
+/// Writes `contents` to `dir/file`, keys readable by their owner only; through a temporary
+/// file renamed into place, so that a running process never reads half a file.
 fn write(dir: &Path, file: &str, contents: &str, secret: bool) -> anyhow::Result<PathBuf> {
     let path = dir.join(file);
+    let tmp = dir.join(format!(".{file}.tmp"));
+    write_new(&tmp, contents, secret)?;
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn write_new(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -191,11 +258,11 @@ fn write(dir: &Path, file: &str, contents: &str, secret: bool) -> anyhow::Result
         options.mode(0o600);
     }
     let mut f = options
-        .open(&path)
+        .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(contents.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -253,5 +320,22 @@ mod tests {
         let again = create(dir.path(), &[], 30, false).expect_err("refused");
         assert!(again.to_string().contains("--force"), "{again}");
         create(dir.path(), &[], 30, true).expect("replaced with --force");
+
+        // Renewed certificates are new, from the same CA.
+        let ca_before = fs::read(dir.path().join("ca.pem")).unwrap();
+        let node_before = fs::read(dir.path().join("node.pem")).unwrap();
+        assert_eq!(renew(dir.path(), &[], 30).expect("renews").len(), 6);
+        assert_eq!(fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
+        assert_ne!(fs::read(dir.path().join("node.pem")).unwrap(), node_before);
+        if let Ok(out) = Command::new("openssl")
+            .args(["verify", "-CAfile", "ca.pem", "node.pem"])
+            .current_dir(dir.path())
+            .output()
+        {
+            assert!(out.status.success(), "renewed node.pem: {out:?}");
+        }
+        let empty = tempfile::tempdir().unwrap();
+        let err = renew(empty.path(), &[], 30).expect_err("no CA to renew from");
+        assert!(err.to_string().contains("ca-key.pem"), "{err:#}");
     }
 }
