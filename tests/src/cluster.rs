@@ -51,9 +51,10 @@ pub struct ClusterOptions {
     /// (see [`crate::netns`]), so that tests can partition the network. Needs root; call
     /// [`crate::netns::require_netns`] first.
     pub netns: bool,
-    /// Run with TLS everywhere: certificates from `kvctl certs create` in `<dir>/certs`, mutual
-    /// TLS between nodes and from routers to nodes, routers serving `https://`, and the
-    /// harness's clients presenting the client certificate (see [`Cluster::certs`]).
+    /// Run with TLS everywhere: certificates from `kvctl certs create` in `<dir>/certs` (valid
+    /// for every process's address, loopback or namespace), mutual TLS between nodes and from
+    /// routers to nodes, routers serving `https://`, and the harness's clients presenting the
+    /// client certificate (see [`Cluster::certs`]).
     pub tls: bool,
 }
 
@@ -186,16 +187,26 @@ impl Cluster {
         let dir = self.dir.clone();
         let logs = self.logs_dir();
         if options.tls {
-            anyhow::ensure!(
-                !options.netns,
-                "TLS clusters run on loopback only (certificates name localhost)"
-            );
+            // Certificates name the addresses processes are dialed at: loopback, or each
+            // node's and router's address on the cluster subnet.
+            let mut hosts: Vec<String> = Vec::new();
+            if let Some(net) = &self.network {
+                hosts.extend(
+                    addrs
+                        .iter()
+                        .filter_map(|(a, _)| a.rsplit_once(':').map(|(host, _)| host.to_string())),
+                );
+                hosts.extend(
+                    (0..options.routers).map(|i| net.addr(ROUTER_OCTET + i as u8).to_string()),
+                );
+            }
             let certs = dir.join("certs");
-            let out = kvctl(
-                "http://127.0.0.1:1",
-                ["certs", "create", "--dir", &certs.display().to_string()],
-            )
-            .await?;
+            let mut args = vec!["certs".to_string(), "create".into(), "--dir".into()];
+            args.push(certs.display().to_string());
+            for host in hosts {
+                args.extend(["--host".to_string(), host]);
+            }
+            let out = kvctl("http://127.0.0.1:1", args).await?;
             anyhow::ensure!(
                 out.status.success(),
                 "kvctl certs create: {}",

@@ -76,6 +76,8 @@ pub struct ScheduleOptions {
     pub keys: usize,
     /// Run every process in a network namespace (needed for partitions).
     pub netns: bool,
+    /// TLS on every hop ([`ClusterOptions::tls`]).
+    pub tls: bool,
     pub routers: usize,
     /// Data groups of the default keyspace.
     pub shards: u32,
@@ -94,6 +96,7 @@ impl ScheduleOptions {
             workers: 6,
             keys: 4,
             netns,
+            tls: false,
             routers: 2,
             shards: 2,
         }
@@ -324,6 +327,7 @@ pub async fn run_schedule(options: &ScheduleOptions) -> anyhow::Result<ScheduleR
         shards: options.shards,
         routers: options.routers.max(1),
         netns: options.netns,
+        tls: options.tls,
         ..Default::default()
     })
     .await?;

@@ -50,13 +50,17 @@ async fn run_and_check(options: ScheduleOptions) {
     canary(&result.operations);
 }
 
-/// Every fault the machine can inject, drawn at random for about 20 s.
+/// Every fault the machine can inject, drawn at random for about 20 s, on a cluster with TLS on
+/// every hop (as production runs): restarts, partitions and whole-cluster kills must not break
+/// mutual TLS's reconnections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strong_operations_stay_linearizable_under_random_faults() {
     if !require_netns() {
         return;
     }
-    run_and_check(ScheduleOptions::all_faults(seed(), true)).await;
+    let mut options = ScheduleOptions::all_faults(seed(), true);
+    options.tls = true;
+    run_and_check(options).await;
 }
 
 /// The faults that once made strong reads go back in time: a leader killed and back before

@@ -38,6 +38,9 @@ struct Args {
     /// Do not use network namespaces (no partitions); otherwise they are used when available.
     #[arg(long)]
     no_netns: bool,
+    /// Run every cluster with TLS on every hop (mutual between cluster processes).
+    #[arg(long)]
+    tls: bool,
     /// Keep going after a failing schedule.
     #[arg(long)]
     keep_going: bool,
@@ -146,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
         options.duration = args.duration;
         options.workers = args.workers;
         options.keys = args.keys;
+        options.tls = args.tls;
         match nemesis::run_schedule(&options).await {
             Ok(result) if result.report.is_linearizable() => {
                 passed += 1;
