@@ -53,7 +53,12 @@ struct Inner {
     /// another task just gave up on.
     current: AtomicUsize,
     options: ClientOptions,
+    /// `Bearer <token>` from [`ClientOptions::token`], made once.
+    bearer: Option<Bearer>,
 }
+
+/// The `authorization` metadata value sent on every call.
+type Bearer = tonic::metadata::AsciiMetadataValue;
 
 struct Router {
     url: String,
@@ -76,31 +81,44 @@ struct Handles {
     kv: KvClient<Channel>,
     calls: Arc<Calls>,
     multi: Arc<AtomicBool>,
+    bearer: Option<Bearer>,
 }
 
 impl Router {
-    fn handles(&self) -> Handles {
+    fn handles(&self, bearer: &Option<Bearer>) -> Handles {
         Handles {
             kv: self.kv.clone(),
             calls: self.calls.clone(),
             multi: self.multi.clone(),
+            bearer: bearer.clone(),
         }
     }
 }
 
-/// Opens the router's `MultiStream` on the shared channel when the first call needs it.
-fn multiplexer(kv: KvClient<Channel>) -> Calls {
+/// Opens the router's `MultiStream` on the shared channel when the first call needs it. The
+/// stream carries the token once, at its start: the router checks every call on it with it.
+fn multiplexer(kv: KvClient<Channel>, bearer: Option<Bearer>) -> Calls {
     Mux::new(move |outbound: Outbound<kv::MultiRequest>| {
         let mut kv = kv.clone();
-        multi::opening(async move { kv.multi_stream(tonic::Request::new(outbound)).await })
+        let mut request = tonic::Request::new(outbound);
+        authorize(&mut request, bearer.as_ref());
+        multi::opening(async move { kv.multi_stream(request).await })
     })
 }
 
+/// Adds the access token, if any, to a request.
+fn authorize<T>(request: &mut tonic::Request<T>, bearer: Option<&Bearer>) {
+    if let Some(value) = bearer {
+        request.metadata_mut().insert("authorization", value.clone());
+    }
+}
+
 /// A request whose `grpc-timeout` tells the server how long we wait, so that it can give up in
-/// time too.
-fn timed<T>(message: T, budget: Duration) -> tonic::Request<T> {
+/// time too, carrying the access token if there is one.
+fn timed<T>(message: T, budget: Duration, bearer: Option<&Bearer>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(budget);
+    authorize(&mut request, bearer);
     request
 }
 
@@ -128,17 +146,18 @@ async fn one_call(
         }
     }
     let mut kv = router.kv;
+    let bearer = router.bearer.as_ref();
     match call {
         Call::Get(r) => kv
-            .get(timed(r, budget))
+            .get(timed(r, budget, bearer))
             .await
             .map(|r| Outcome::Get(r.into_inner())),
         Call::Put(r) => kv
-            .put(timed(r, budget))
+            .put(timed(r, budget, bearer))
             .await
             .map(|r| Outcome::Put(r.into_inner())),
         Call::Delete(r) => kv
-            .delete(timed(r, budget))
+            .delete(timed(r, budget, bearer))
             .await
             .map(|r| Outcome::Delete(r.into_inner())),
     }
@@ -184,6 +203,14 @@ impl Client {
         endpoints: impl IntoIterator<Item = impl Into<String>>,
         options: ClientOptions,
     ) -> Result<Self, Error> {
+        let bearer = match &options.token {
+            Some(token) => Some(
+                Bearer::try_from(format!("Bearer {}", token.as_str())).map_err(|_| {
+                    Error::invalid("the access token holds characters a header cannot carry")
+                })?,
+            ),
+            None => None,
+        };
         let mut routers = Vec::new();
         for raw in endpoints {
             let url = endpoint::normalize(&raw.into())?;
@@ -195,7 +222,7 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let multi = Arc::new(AtomicBool::new(true));
-            let calls = Arc::new(multiplexer(kv.clone()));
+            let calls = Arc::new(multiplexer(kv.clone(), bearer.clone()));
             routers.push(Router {
                 url,
                 kv,
@@ -215,6 +242,7 @@ impl Client {
                 routers,
                 current: AtomicUsize::new(0),
                 options,
+                bearer,
             }),
         })
     }
@@ -568,7 +596,7 @@ impl Client {
         self.call_on(
             |r| r.kv.clone(),
             req,
-            |c, r, budget| rpc(c, timed(r, budget)),
+            |c, r, budget| rpc(c, timed(r, budget, self.inner.bearer.as_ref())),
         )
         .await
     }
@@ -576,7 +604,8 @@ impl Client {
     /// Runs one Get, Put or Delete; see [`Client::call_on`] and [`ClientOptions::coalesce`].
     async fn call_one(&self, call: Call) -> Result<Outcome, Error> {
         let coalesce = self.inner.options.coalesce;
-        self.call_on(Router::handles, call, |router, call, budget| async move {
+        let bearer = &self.inner.bearer;
+        self.call_on(|r| r.handles(bearer), call, |router, call, budget| async move {
             one_call(router, call, budget, coalesce)
                 .await
                 .map(tonic::Response::new)
@@ -600,7 +629,7 @@ impl Client {
         self.call_on(
             |r| r.admin.clone(),
             req,
-            |c, r, budget| rpc(c, timed(r, budget)),
+            |c, r, budget| rpc(c, timed(r, budget, self.inner.bearer.as_ref())),
         )
         .await
     }

@@ -93,6 +93,27 @@ pub enum Error {
         message: String,
     },
 
+    /// Authentication is on and the call's credential was refused: none was given
+    /// ([`ClientOptions::token`](crate::ClientOptions::token)), or the token is malformed,
+    /// unknown, revoked or expired. Retrying with the same credential cannot succeed.
+    #[error("{message}")]
+    Unauthenticated {
+        /// `UNAUTHENTICATED`, when the server sent it.
+        code: Option<String>,
+        /// What the server said, naming the problem.
+        message: String,
+    },
+
+    /// The caller is known, but none of its roles allows this action on this target (the
+    /// message names the user, the action and the target).
+    #[error("{message}")]
+    PermissionDenied {
+        /// `PERMISSION_DENIED`, when the server sent it.
+        code: Option<String>,
+        /// What the server said.
+        message: String,
+    },
+
     /// Any other error the server answered with.
     #[error("server error ({status:?}{}): {message}", code.as_deref().map(|c| format!(", {c}")).unwrap_or_default())]
     Server {
@@ -141,6 +162,10 @@ impl Error {
             Error::Transport(_) => "TRANSPORT",
             Error::InvalidEndpoint { .. } => "INVALID_ENDPOINT",
             Error::Server { code, .. } => code.as_deref().unwrap_or("SERVER"),
+            Error::Unauthenticated { code, .. } => code.as_deref().unwrap_or(codes::UNAUTHENTICATED),
+            Error::PermissionDenied { code, .. } => {
+                code.as_deref().unwrap_or(codes::PERMISSION_DENIED)
+            }
         }
     }
 
@@ -195,6 +220,8 @@ pub(crate) fn from_status(status: &Status) -> Error {
         Code::AlreadyExists => Error::AlreadyExists { code, message },
         Code::FailedPrecondition => Error::FailedPrecondition { code, message },
         Code::DeadlineExceeded => Error::Timeout,
+        Code::Unauthenticated => Error::Unauthenticated { code, message },
+        Code::PermissionDenied => Error::PermissionDenied { code, message },
         other => Error::Server {
             status: other,
             code,

@@ -20,6 +20,8 @@
 //! - `endpoint`: turning `127.0.0.1:7400` into a lazily connected channel.
 //! - `retry`: the backoff schedule.
 //! - `session`: [`Session`] and [`SessionToken`]: read-your-writes on eventual reads.
+//! - `users`: users, roles, grants and tokens ([`Client::create_user`], [`Client::grant`],
+//!   ...); with authentication on, [`ClientOptions::token`] is sent on every call.
 //!
 //! Keys and values are taken as `impl Into<Bytes>` (literals, `Vec<u8>`, `String`, [`Bytes`])
 //! and returned as [`Bytes`].
@@ -106,6 +108,7 @@ mod options;
 mod retry;
 mod session;
 mod types;
+mod users;
 
 pub use admin::{
     DirectoryEntry, DirectoryLookup, KeyspaceInfo, KeyspaceSpec, ShardGroup, Strategy,
@@ -115,6 +118,7 @@ pub use client::{next_start, Client};
 pub use error::Error;
 /// The stable error codes [`Error::code`] returns when the server sent one.
 pub use kv_proto::codes;
-pub use options::{ClientOptions, Consistency, ReadOptions, ScanOptions, WriteOptions};
+pub use options::{AccessToken, ClientOptions, Consistency, ReadOptions, ScanOptions, WriteOptions};
 pub use session::{Session, SessionToken};
 pub use types::{DeleteOutcome, KeyValue, ScanPage, Versioned};
+pub use users::{Grant, IssuedToken, RoleInfo, TokenInfo, UserInfo, WhoAmI};

@@ -54,6 +54,42 @@ pub struct ClientOptions {
     /// TLS for `https://` routers: the CA to trust, and a client certificate to present if
     /// any. `https://` addresses need it; `http://` ones ignore it. Default none.
     pub tls: Option<kv_proto::tls::ClientTls>,
+    /// An access token (`kvt_...`, from `kvctl user create` or `kvctl user token`), sent as
+    /// `authorization: Bearer <token>` on every call, the shared `MultiStream` included.
+    /// Needed when the cluster has authentication on, unless the TLS client certificate
+    /// names a user. Default none.
+    pub token: Option<AccessToken>,
+}
+
+/// An access token, kept out of `Debug` output so that it does not end up in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    /// The token's text, as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for AccessToken {
+    fn from(text: String) -> Self {
+        AccessToken(text.trim().to_string())
+    }
+}
+
+impl From<&str> for AccessToken {
+    fn from(text: &str) -> Self {
+        AccessToken(text.trim().to_string())
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The id part (`kvt_<id>`) names the token without revealing its secret.
+        let shown: String = self.0.chars().take(20).collect();
+        write!(f, "AccessToken({shown}…)")
+    }
 }
 
 impl Default for ClientOptions {
@@ -66,6 +102,7 @@ impl Default for ClientOptions {
             max_backoff: Duration::from_secs(1),
             coalesce: true,
             tls: None,
+            token: None,
         }
     }
 }

@@ -39,6 +39,8 @@ struct State {
     no_multi: std::sync::atomic::AtomicBool,
     /// `Multi` RPCs received.
     multis: AtomicU32,
+    /// The `authorization` header of each unary Get, MultiStream and WhoAmI received.
+    authorizations: Mutex<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -52,6 +54,18 @@ fn coded(code: tonic::Code, error_code: &'static str, message: &str) -> Status {
 }
 
 impl Fake {
+    /// Records a request's `authorization` header (empty when absent) and returns it.
+    fn saw_authorization<T>(&self, r: &Request<T>) -> String {
+        let value = r
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        self.0.authorizations.lock().unwrap().push(value.clone());
+        value
+    }
+
     async fn enter(&self) -> Result<(), Status> {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
         let delay = self.0.delay_ms.load(Ordering::SeqCst);
@@ -141,6 +155,7 @@ impl Kv for Fake {
             return Err(Status::unimplemented("MultiStream is not served here"));
         }
         self.0.multis.fetch_add(1, Ordering::SeqCst);
+        self.saw_authorization(&r);
         Ok(Response::new(kv_proto::multi::serve_kv_stream(
             self.clone(),
             r,
@@ -148,6 +163,11 @@ impl Kv for Fake {
     }
 
     async fn get(&self, r: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
+        // Not the calls of a MultiStream, which reach here as new requests without the
+        // stream's metadata (nor its peer address).
+        if r.remote_addr().is_some() {
+            self.saw_authorization(&r);
+        }
         self.enter().await?;
         let r = r.into_inner();
         Self::check_key(&r.key)?;
@@ -516,6 +536,103 @@ impl Admin for Fake {
         Ok(Response::new(kv::LocateResponse {
             group_ids,
             epoch: self.0.epoch.load(Ordering::SeqCst),
+        }))
+    }
+
+    // Users and roles are the router's business (tests/tests/auth.rs runs them for real);
+    // the fake only answers WhoAmI, with the authorization header it received.
+
+    async fn create_user(
+        &self,
+        _r: Request<kv::CreateUserRequest>,
+    ) -> Result<Response<kv::CreateUserResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn delete_user(
+        &self,
+        _r: Request<kv::DeleteUserRequest>,
+    ) -> Result<Response<kv::DeleteUserResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn list_users(
+        &self,
+        _r: Request<kv::ListUsersRequest>,
+    ) -> Result<Response<kv::ListUsersResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn set_user_roles(
+        &self,
+        _r: Request<kv::SetUserRolesRequest>,
+    ) -> Result<Response<kv::SetUserRolesResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn issue_token(
+        &self,
+        _r: Request<kv::IssueTokenRequest>,
+    ) -> Result<Response<kv::IssueTokenResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _r: Request<kv::RevokeTokenRequest>,
+    ) -> Result<Response<kv::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn create_role(
+        &self,
+        _r: Request<kv::CreateRoleRequest>,
+    ) -> Result<Response<kv::CreateRoleResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn delete_role(
+        &self,
+        _r: Request<kv::DeleteRoleRequest>,
+    ) -> Result<Response<kv::DeleteRoleResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn list_roles(
+        &self,
+        _r: Request<kv::ListRolesRequest>,
+    ) -> Result<Response<kv::ListRolesResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn grant(
+        &self,
+        _r: Request<kv::GrantRequest>,
+    ) -> Result<Response<kv::GrantResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn revoke_grant(
+        &self,
+        _r: Request<kv::RevokeGrantRequest>,
+    ) -> Result<Response<kv::RevokeGrantResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn set_auth_enabled(
+        &self,
+        _r: Request<kv::SetAuthEnabledRequest>,
+    ) -> Result<Response<kv::SetAuthEnabledResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn who_am_i(
+        &self,
+        r: Request<kv::WhoAmIRequest>,
+    ) -> Result<Response<kv::WhoAmIResponse>, Status> {
+        Ok(Response::new(kv::WhoAmIResponse {
+            user: self.saw_authorization(&r),
+            ..Default::default()
         }))
     }
 }
@@ -1087,4 +1204,41 @@ async fn kvctl_keyspace_and_directory_commands() {
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["dropped"], true);
+}
+
+/// The token goes out as bearer metadata on every kind of call: the shared `MultiStream`,
+/// unary data calls and admin calls; without one, no header is sent.
+#[tokio::test]
+async fn the_token_is_sent_on_every_call() {
+    let (addr, state) = start().await;
+    let token = "kvt_0011223344556677_".to_string() + &"ab".repeat(32);
+    for coalesce in [true, false] {
+        let client = Client::with_options(
+            [format!("http://{addr}")],
+            ClientOptions {
+                token: Some(token.as_str().into()),
+                coalesce,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        client.put("k", "v").await.unwrap();
+        client.get("k").await.unwrap();
+        assert_eq!(client.who_am_i().await.unwrap().user, format!("Bearer {token}"));
+        assert!(!format!("{client:?}").contains(&token[25..]), "Debug shows the secret");
+    }
+    let seen = std::mem::take(&mut *state.authorizations.lock().unwrap());
+    // One MultiStream (coalesced), one unary Get, two WhoAmI.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.iter().all(|h| *h == format!("Bearer {token}")), "{seen:?}");
+    let plain = Client::with_options([format!("http://{addr}")], fast(Duration::from_secs(2))).unwrap();
+    assert_eq!(plain.who_am_i().await.unwrap().user, "");
+    let bad = Client::with_options(
+        [format!("http://{addr}")],
+        ClientOptions {
+            token: Some("kvt_\n".into()),
+            ..ClientOptions::default()
+        },
+    );
+    assert!(bad.is_ok(), "surrounding whitespace is trimmed");
 }

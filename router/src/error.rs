@@ -9,6 +9,8 @@ use shardmap::{GroupId, LimitError, MapError};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use crate::metrics::DenyReason;
+
 /// Everything that can go wrong in the router.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -132,6 +134,19 @@ pub enum RouterError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// Auth is on and the request's credential is missing, malformed, unknown, revoked,
+    /// expired, or names no user.
+    #[error("unauthenticated: {message}")]
+    Unauthenticated { reason: DenyReason, message: String },
+    /// The caller is known, but none of its roles allows the action on the target.
+    #[error("permission denied: user {user:?} may not {action} {target}: it needs {needs} there")]
+    PermissionDenied {
+        user: String,
+        action: String,
+        target: String,
+        /// "read", "write" or "an admin role".
+        needs: &'static str,
+    },
 }
 
 impl From<MapError> for RouterError {
@@ -171,6 +186,8 @@ impl RouterError {
             RouterError::MapChangeRefused { error_code, .. } => error_code.as_deref(),
             RouterError::KeyspaceNotEmpty { .. } => Some(codes::KEYSPACE_NOT_EMPTY),
             RouterError::DirectoryNotEmpty { .. } => Some(codes::DIRECTORY_NOT_EMPTY),
+            RouterError::Unauthenticated { .. } => Some(codes::UNAUTHENTICATED),
+            RouterError::PermissionDenied { .. } => Some(codes::PERMISSION_DENIED),
             _ => None,
         }
     }
@@ -202,7 +219,18 @@ impl RouterError {
             }
             RouterError::ReadTooLarge { .. } => Code::ResourceExhausted,
             RouterError::TooManyKeys { .. } => Code::InvalidArgument,
+            RouterError::Unauthenticated { .. } => Code::Unauthenticated,
+            RouterError::PermissionDenied { .. } => Code::PermissionDenied,
             _ => Code::Internal,
+        }
+    }
+
+    /// Why a request was refused by authentication or authorization, if it was.
+    pub fn deny_reason(&self) -> Option<DenyReason> {
+        match self {
+            RouterError::Unauthenticated { reason, .. } => Some(*reason),
+            RouterError::PermissionDenied { .. } => Some(DenyReason::Forbidden),
+            _ => None,
         }
     }
 }
@@ -237,6 +265,28 @@ mod tests {
             .metadata()
             .get(meta::ERROR_CODE)
             .and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn auth_refusals_have_their_own_codes_and_name_the_problem() {
+        let status = to_status(RouterError::Unauthenticated {
+            reason: DenyReason::ExpiredToken,
+            message: "token 00 expired".into(),
+        });
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(code_of(&status), Some(codes::UNAUTHENTICATED));
+        assert!(status.message().contains("expired"), "{}", status.message());
+        let status = to_status(RouterError::PermissionDenied {
+            user: "bob".into(),
+            action: "Put".into(),
+            target: "key \"k\" of keyspace \"a\"".into(),
+            needs: "write",
+        });
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(code_of(&status), Some(codes::PERMISSION_DENIED));
+        for part in ["bob", "Put", "\"k\"", "\"a\"", "write"] {
+            assert!(status.message().contains(part), "{}", status.message());
+        }
     }
 
     #[test]

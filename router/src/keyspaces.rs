@@ -149,7 +149,7 @@ pub fn keyspace_info(
 
 /// A range of keys `[start, end)` of a group (`end` empty: unbounded).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct KeyRange {
+pub(crate) struct KeyRange {
     start: Bytes,
     end: Bytes,
 }
@@ -175,7 +175,7 @@ impl KeyRange {
 }
 
 /// What a change takes away from groups, for [`Router::change_checked`].
-struct Fencing {
+pub(crate) struct Fencing {
     /// The groups that must hold no key in `range` for the change to go ahead.
     fence: Vec<GroupId>,
     range: KeyRange,
@@ -396,7 +396,7 @@ impl Router {
     /// the check and the change. Then the change is proposed with the map's epoch, and the
     /// groups that own the keys afterwards drop older fences on them. All of it is done again
     /// if the map moves in between.
-    async fn change_checked<C, Fut>(
+    pub(crate) async fn change_checked<C, Fut>(
         &self,
         change: &MapChange,
         deadline: Instant,

@@ -61,6 +61,11 @@ struct Args {
     /// checked against them.
     #[arg(long, env = "KVROUTER_TLS_CA", value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
+
+    /// Append one JSON line per admin change (successful or not) and per request refused by
+    /// authentication or authorization to FILE (see docs/security.md).
+    #[arg(long, env = "KVROUTER_AUDIT_LOG", value_name = "FILE")]
+    audit_log: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -87,6 +92,12 @@ async fn main() -> anyhow::Result<()> {
     config.request_timeout = args.request_timeout;
     config.map_refresh_interval = args.map_refresh_interval;
     config.tls = kv_proto::tls::TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)?;
+
+    if let Some(path) = &args.audit_log {
+        kvrouter::service::audit::AuditLog::open(path)
+            .await?
+            .install()?;
+    }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

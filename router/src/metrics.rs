@@ -23,10 +23,23 @@ pub enum Method {
     ListDirectory,
     RemoveDirectory,
     Locate,
+    CreateUser,
+    DeleteUser,
+    ListUsers,
+    SetUserRoles,
+    IssueToken,
+    RevokeToken,
+    CreateRole,
+    DeleteRole,
+    ListRoles,
+    Grant,
+    RevokeGrant,
+    SetAuthEnabled,
+    WhoAmI,
 }
 
 /// How many methods are counted.
-const METHODS: usize = 15;
+const METHODS: usize = 28;
 
 impl Method {
     /// Every method, in the order they are rendered.
@@ -46,6 +59,19 @@ impl Method {
         Method::ListDirectory,
         Method::RemoveDirectory,
         Method::Locate,
+        Method::CreateUser,
+        Method::DeleteUser,
+        Method::ListUsers,
+        Method::SetUserRoles,
+        Method::IssueToken,
+        Method::RevokeToken,
+        Method::CreateRole,
+        Method::DeleteRole,
+        Method::ListRoles,
+        Method::Grant,
+        Method::RevokeGrant,
+        Method::SetAuthEnabled,
+        Method::WhoAmI,
     ];
 
     /// The gRPC method name.
@@ -66,6 +92,62 @@ impl Method {
             Method::ListDirectory => "ListDirectory",
             Method::RemoveDirectory => "RemoveDirectory",
             Method::Locate => "Locate",
+            Method::CreateUser => "CreateUser",
+            Method::DeleteUser => "DeleteUser",
+            Method::ListUsers => "ListUsers",
+            Method::SetUserRoles => "SetUserRoles",
+            Method::IssueToken => "IssueToken",
+            Method::RevokeToken => "RevokeToken",
+            Method::CreateRole => "CreateRole",
+            Method::DeleteRole => "DeleteRole",
+            Method::ListRoles => "ListRoles",
+            Method::Grant => "Grant",
+            Method::RevokeGrant => "RevokeGrant",
+            Method::SetAuthEnabled => "SetAuthEnabled",
+            Method::WhoAmI => "WhoAmI",
+        }
+    }
+}
+
+/// Why a request was refused by auth: the `reason` label of `kvrouter_auth_denied_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Auth is on and the request carried neither a token nor a client certificate.
+    NoCredential,
+    MalformedToken,
+    /// Never issued, or revoked.
+    UnknownToken,
+    /// A known token id with the wrong secret.
+    InvalidToken,
+    ExpiredToken,
+    /// A client certificate (or a deleted user's token) naming no user of the map.
+    UnknownUser,
+    /// Authenticated, but no role allows the action on the target.
+    Forbidden,
+}
+
+const DENY_REASONS: usize = 7;
+
+impl DenyReason {
+    pub const ALL: [DenyReason; DENY_REASONS] = [
+        DenyReason::NoCredential,
+        DenyReason::MalformedToken,
+        DenyReason::UnknownToken,
+        DenyReason::InvalidToken,
+        DenyReason::ExpiredToken,
+        DenyReason::UnknownUser,
+        DenyReason::Forbidden,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DenyReason::NoCredential => "no_credential",
+            DenyReason::MalformedToken => "malformed_token",
+            DenyReason::UnknownToken => "unknown_token",
+            DenyReason::InvalidToken => "invalid_token",
+            DenyReason::ExpiredToken => "expired_token",
+            DenyReason::UnknownUser => "unknown_user",
+            DenyReason::Forbidden => "forbidden",
         }
     }
 }
@@ -83,6 +165,8 @@ pub struct Metrics {
     pub map_fetch_errors: AtomicU64,
     /// The epoch of the map in use (0: none yet).
     pub map_epoch: AtomicU64,
+    /// Requests refused by authentication or authorization, by [`DenyReason`].
+    auth_denied: [AtomicU64; DENY_REASONS],
 }
 
 impl Metrics {
@@ -93,6 +177,11 @@ impl Metrics {
         if failed {
             self.errors[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one request refused by auth.
+    pub fn count_denied(&self, reason: DenyReason) {
+        self.auth_denied[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of every counter.
@@ -151,6 +240,41 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP kvrouter_auth_denied_total Requests refused by authentication or authorization, by reason."
+        );
+        let _ = writeln!(out, "# TYPE kvrouter_auth_denied_total counter");
+        for r in DenyReason::ALL {
+            let v = self.auth_denied[r as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "kvrouter_auth_denied_total{{reason=\"{}\"}} {v}",
+                r.label()
+            );
+        }
+        let (dropped, written, failed) = crate::service::audit::counters();
+        for (name, help, value) in [
+            (
+                "kvrouter_audit_records_total",
+                "Audit log lines written.",
+                written,
+            ),
+            (
+                "kvrouter_audit_dropped_total",
+                "Audit records dropped because the writer fell behind.",
+                dropped,
+            ),
+            (
+                "kvrouter_audit_write_errors_total",
+                "Audit records lost to failed writes.",
+                failed,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
     }
 }
@@ -172,5 +296,10 @@ mod tests {
         assert!(text.contains("kvrouter_errors_total{method=\"Get\"} 1\n"));
         assert!(text.contains("kvrouter_requests_total{method=\"BatchPut\"} 1\n"));
         assert!(text.contains("kvrouter_map_epoch 0\n"));
+        m.count_denied(DenyReason::Forbidden);
+        let text = m.render();
+        assert!(text.contains("kvrouter_auth_denied_total{reason=\"forbidden\"} 1\n"));
+        assert!(text.contains("kvrouter_auth_denied_total{reason=\"no_credential\"} 0\n"));
+        assert!(text.contains("# TYPE kvrouter_audit_dropped_total counter\n"));
     }
 }

@@ -96,6 +96,8 @@ pub struct Router {
     pub(crate) limits: Limits,
     /// Rotates eventual reads over each group's followers.
     next_replica: AtomicUsize,
+    /// The auth index of the map in use (see `service::auth`).
+    pub(crate) auth: crate::service::auth::Gate,
 }
 
 /// How a read is served: strong reads go to the leader; eventual reads to a replica of the
@@ -149,6 +151,7 @@ impl Router {
             metrics,
             limits,
             next_replica: AtomicUsize::new(0),
+            auth: Default::default(),
         }
     }
 
