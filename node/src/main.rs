@@ -97,6 +97,12 @@ struct Args {
     /// How long a request may wait for a quorum, in milliseconds, before UNAVAILABLE.
     #[arg(long, env = "KVNODE_REQUEST_TIMEOUT_MS", default_value_t = 4_000)]
     request_timeout_ms: u64,
+    /// A file holding the first admin's access token (make one with `kvctl auth token-new`).
+    /// Read on a new cluster's first start only: the cluster starts with authentication on and
+    /// user `admin` (role `admin`) holding that token; only its hash is stored. Without it
+    /// the cluster runs with authentication off.
+    #[arg(long, env = "KVNODE_BOOTSTRAP_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    bootstrap_admin_token_file: Option<PathBuf>,
 }
 
 fn parse_cluster(s: &str) -> anyhow::Result<Vec<(u64, String)>> {
@@ -179,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         cache_capacity_bytes: args.cache_mb * 1024 * 1024,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         log_segment_bytes: args.log_segment_bytes,
+        bootstrap_admin_token_file: args.bootstrap_admin_token_file,
         tls: match TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)? {
             Some(files) => Some(TlsCerts::load(
                 files,

@@ -15,7 +15,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use shardmap::{ClusterMap, CompiledMap, Limits, META_GROUP};
+use shardmap::{AuthConfig, ClusterMap, CompiledMap, Limits, Token, TokenEntry, META_GROUP};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,10 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Size at which a group's log segment file is closed ([`crate::storage::SEGMENT_BYTES`]).
     pub log_segment_bytes: u64,
+    /// A file holding the first admin's access token (`kvt_...`). Read on a new cluster's
+    /// first start only: the cluster then starts with auth on and user `admin` holding role
+    /// `admin` with that token's hash. `None`: auth stays off.
+    pub bootstrap_admin_token_file: Option<PathBuf>,
     /// Serve and dial mutual TLS with these certificates (plaintext when `None`).
     pub tls: Option<Arc<kv_proto::tls::TlsCerts>>,
 }
@@ -88,6 +92,47 @@ struct StoredConfig {
     initial_cluster: Vec<(NodeId, String)>,
     shards: u32,
     replication: usize,
+    /// The hash of the bootstrap admin token, when the first start was given one. Absent in
+    /// data dirs from before auth, and not written when `None`, so those read unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bootstrap_admin: Option<TokenEntry>,
+}
+
+impl StoredConfig {
+    /// The map a new cluster starts with: the placement of `--initial-cluster`, with auth on
+    /// when a bootstrap admin token was given.
+    fn bootstrap_map(&self) -> Result<ClusterMap, NodeError> {
+        let mut map = ClusterMap::bootstrap(&self.initial_cluster, self.shards, self.replication)
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        if let Some(token) = &self.bootstrap_admin {
+            map.auth = AuthConfig::bootstrap(token.clone());
+        }
+        Ok(map)
+    }
+}
+
+/// Reads the bootstrap admin token file: one `kvt_...` token, surrounding whitespace ignored.
+/// Refuses an unreadable, empty or malformed file, since starting with auth off instead would
+/// leave a cluster meant to be closed open to anyone.
+fn read_bootstrap_token(path: &std::path::Path) -> Result<TokenEntry, NodeError> {
+    let refuse = |why: String| {
+        NodeError::BadRequest(format!("--bootstrap-admin-token-file {}: {why}", path.display()))
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| refuse(e.to_string()))?;
+    if text.trim().is_empty() {
+        return Err(refuse(
+            "the file is empty; write a token made by `kvctl auth token-new` into it".into(),
+        ));
+    }
+    let token = Token::parse(&text).map_err(|e| {
+        refuse(format!(
+            "{e} (make one with `kvctl auth token-new`)"
+        ))
+    })?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(token.entry(now_ms, None))
 }
 
 /// A hosted group.
@@ -180,9 +225,7 @@ impl Node {
             .wait_durable()
             .await
             .map_err(|e| NodeError::Storage(e.to_string()))?;
-        let bootstrap =
-            ClusterMap::bootstrap(&stored.initial_cluster, stored.shards, stored.replication)
-                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let bootstrap = stored.bootstrap_map()?;
         // The last map this node saw, if newer than the bootstrap one: a restart starts the
         // groups created since without waiting for the meta group.
         let mut map = bootstrap.clone();
@@ -1086,6 +1129,8 @@ fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<Stored
             initial_cluster: config.initial_cluster.clone(),
             shards: config.shards,
             replication: config.replication,
+            // The token file is read on first start only: it may be gone by now.
+            bootstrap_admin: stored.bootstrap_admin.clone(),
         };
         if flags != stored && !config.initial_cluster.is_empty() {
             tracing::warn!(
@@ -1107,11 +1152,16 @@ fn load_or_store_config(tree: &sled::Tree, config: &NodeConfig) -> Result<Stored
     // Validate before storing, so a bad first start leaves nothing behind.
     ClusterMap::bootstrap(&config.initial_cluster, config.shards, config.replication)
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+    let bootstrap_admin = match &config.bootstrap_admin_token_file {
+        Some(path) => Some(read_bootstrap_token(path)?),
+        None => None,
+    };
     let stored = StoredConfig {
         id: config.id,
         initial_cluster: config.initial_cluster.clone(),
         shards: config.shards,
         replication: config.replication,
+        bootstrap_admin,
     };
     let raw = serde_json::to_vec(&stored).map_err(|e| NodeError::Storage(e.to_string()))?;
     tree.insert(keys::NODE_CONFIG, raw)?;
@@ -1132,11 +1182,58 @@ mod tests {
             initial_cluster: vec![(1, "a:1".into()), (2, "b:2".into())],
             shards: 4,
             replication: 3,
+            bootstrap_admin: None,
         };
         let golden =
             r#"{"id":2,"initial_cluster":[[1,"a:1"],[2,"b:2"]],"shards":4,"replication":3}"#;
         assert_eq!(serde_json::to_string(&config).unwrap(), golden, "{CHANGED}");
         let back: StoredConfig = serde_json::from_str(golden).unwrap();
         assert_eq!(back, config, "{CHANGED}");
+        // With a bootstrap admin token's hash (first started with --bootstrap-admin-token-file).
+        let with_admin = StoredConfig {
+            bootstrap_admin: Some(TokenEntry {
+                id: "0011223344556677".into(),
+                sha256: "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
+                created_ms: 5,
+                expires_at_ms: None,
+            }),
+            ..config
+        };
+        let golden = concat!(
+            r#"{"id":2,"initial_cluster":[[1,"a:1"],[2,"b:2"]],"shards":4,"replication":3,"#,
+            r#""bootstrap_admin":{"id":"0011223344556677","#,
+            r#""sha256":"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff","#,
+            r#""created_ms":5,"expires_at_ms":null}}"#
+        );
+        assert_eq!(serde_json::to_string(&with_admin).unwrap(), golden, "{CHANGED}");
+        let back: StoredConfig = serde_json::from_str(golden).unwrap();
+        assert_eq!(back, with_admin, "{CHANGED}");
+        let three = StoredConfig {
+            initial_cluster: vec![(1, "a:1".into()), (2, "b:2".into()), (3, "c:3".into())],
+            ..back
+        };
+        assert!(three.bootstrap_map().unwrap().auth.enabled);
+    }
+
+    #[test]
+    fn bootstrap_token_files_must_hold_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        for (text, expect) in [
+            ("", "empty"),
+            ("  \n", "empty"),
+            ("hunter2\n", "kvt_"),
+            ("kvt_00_11\n", "kvt_"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = read_bootstrap_token(&path).unwrap_err().to_string();
+            assert!(e.contains(expect) && e.contains("--bootstrap-admin-token-file"), "{text:?}: {e}");
+        }
+        assert!(read_bootstrap_token(&dir.path().join("missing")).is_err());
+        let token = Token::parse(&format!("kvt_0011223344556677_{}", "ab".repeat(32))).unwrap();
+        std::fs::write(&path, format!("{}\n", token.reveal())).unwrap();
+        let entry = read_bootstrap_token(&path).unwrap();
+        assert_eq!(entry.id, token.id());
+        assert!(!entry.sha256.is_empty() && !token.reveal().contains(&entry.sha256));
     }
 }
