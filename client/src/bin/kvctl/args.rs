@@ -51,6 +51,11 @@ pub struct Global {
         requires = "tls_cert"
     )]
     pub tls_key: Option<std::path::PathBuf>,
+
+    /// Access token (`kvt_...`) sent with every request, for a cluster with authentication
+    /// on (from `kvctl user create`, `kvctl user token` or the bootstrap token file).
+    #[arg(long, global = true, env = "KVCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Global {
@@ -83,6 +88,7 @@ impl Global {
             ClientOptions {
                 timeout: self.timeout,
                 tls: self.tls()?,
+                token: self.token.clone().map(Into::into),
                 ..ClientOptions::default()
             },
         )

@@ -2,8 +2,8 @@
 //!
 //! One file per subcommand (or command group), each a clap `Args` struct and a `run` function:
 //! `put`, `get`, `delete`, `scan` talk to a router through [`kvclient`]; `keyspace` and
-//! `directory` administer keyspaces through the router's admin service; `dev` starts a local
-//! cluster.
+//! `directory` administer keyspaces through the router's admin service; `user`, `role`,
+//! `grant`, `revoke` and `auth` administer authentication; `dev` starts a local cluster.
 //! `args` holds the flags several subcommands share and `output` the text and JSON encodings,
 //! kept apart from I/O so that tests can check them.
 //!
@@ -11,16 +11,21 @@
 //! Logs go to stderr, and only when `RUST_LOG` is set, so that stdout stays pipeable.
 
 mod args;
+mod auth;
 mod bench;
 mod certs;
 mod delete;
 mod dev;
 mod directory;
 mod get;
+mod grant;
 mod keyspace;
 mod output;
 mod put;
+mod revoke;
+mod role;
 mod scan;
+mod user;
 
 use std::process::ExitCode;
 
@@ -63,6 +68,16 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Make a certificate authority and node, router and client certificates.
     Certs(certs::CertsArgs),
+    /// Create, list and delete users; issue and revoke their tokens.
+    User(user::UserArgs),
+    /// Create, list and delete roles.
+    Role(role::RoleArgs),
+    /// Give a role read or read-write access to a keyspace (or a key prefix of it).
+    Grant(grant::GrantArgs),
+    /// Take a role's grant away.
+    Revoke(revoke::RevokeArgs),
+    /// Make a bootstrap token; show who you are; turn authentication on or off.
+    Auth(auth::AuthArgs),
 }
 
 /// How a successful command ends.
@@ -127,6 +142,11 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Dev(args) => dev::run(args).await,
         Command::Bench(args) => bench::run(args, &global).await,
         Command::Certs(args) => certs::run(args),
+        Command::User(args) => user::run(args, &global).await,
+        Command::Role(args) => role::run(args, &global).await,
+        Command::Grant(args) => grant::run(args, &global).await,
+        Command::Revoke(args) => revoke::run(args, &global).await,
+        Command::Auth(args) => auth::run(args, &global).await,
     }
 }
 
@@ -225,6 +245,28 @@ mod tests {
         assert_eq!(dev.base_port, 7401);
         assert_eq!(dev.router_listen, "127.0.0.1:7400");
         assert_eq!(dev.shards, 4);
+    }
+
+    #[test]
+    fn auth_commands_and_the_token_flag() {
+        let cli = parse(&["user", "create", "bob", "--role", "a,b", "--token", "kvt_x"]).unwrap();
+        assert_eq!(cli.global.token.as_deref(), Some("kvt_x"));
+        let Command::User(user) = cli.command else {
+            panic!("not user")
+        };
+        let user::UserCommand::Create { roles, .. } = user.command else {
+            panic!("not create")
+        };
+        assert_eq!(roles, ["a", "b"]);
+        let cli = parse(&["grant", "r", "read-write", "--keyspace", "k", "--prefix", "t/"]).unwrap();
+        let Command::Grant(g) = cli.command else {
+            panic!("not grant")
+        };
+        assert_eq!((g.keyspace.as_str(), g.prefix.as_str()), ("k", "t/"));
+        assert!(parse(&["grant", "r", "write-only"]).is_err());
+        assert!(parse(&["role", "create", "ops", "--admin"]).is_ok());
+        assert!(parse(&["revoke", "r", "--keyspace", "k"]).is_ok());
+        assert!(parse(&["auth", "token-new"]).is_ok());
     }
 
     #[test]
