@@ -286,7 +286,7 @@ async fn kvctl_dev_runs_a_cluster_until_ctrl_c() {
     // Wait for the banner's router address.
     let router = tokio::time::timeout(Duration::from_secs(90), async {
         while let Some(line) = lines.recv().await {
-            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("https://")) {
                 if line.contains("router") {
                     return Some(url.to_string());
                 }
@@ -297,18 +297,38 @@ async fn kvctl_dev_runs_a_cluster_until_ctrl_c() {
     .await
     .unwrap_or_else(|_| panic!("kvctl dev printed no router address within 90 s {diag}"))
     .unwrap_or_else(|| panic!("kvctl dev closed stdout without a router address {diag}"));
-    assert_eq!(router, format!("http://127.0.0.1:{router_port}"), "{diag}");
+    assert_eq!(router, format!("https://127.0.0.1:{router_port}"), "{diag}");
     let children = pids_mentioning(&dir_text);
     assert!(
         children.len() >= 4,
         "expected three kvnode and one kvrouter mentioning {dir_text}, found pids {children:?} {diag}"
     );
 
-    let out = kvctl(&router, ["put", "a", "1"]).await.unwrap();
+    // Secure by default: TLS with its own CA, and authentication with the admin token it
+    // made; without the token, or in plaintext, nothing is served.
+    let ca = data_dir.join("certs").join("ca.pem").display().to_string();
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))
+        .unwrap_or_else(|e| panic!("kvctl dev wrote no admin.token: {e} {diag}"));
+    let token = token.trim();
+    let out = kvctl(
+        &router,
+        ["put", "a", "1", "--tls-ca", &ca, "--token", token],
+    )
+    .await
+    .unwrap();
     expect_exit("put a 1 on kvctl dev", &out, 0, &diag);
-    let out = kvctl(&router, ["get", "a"]).await.unwrap();
+    let out = kvctl(&router, ["get", "a", "--tls-ca", &ca, "--token", token])
+        .await
+        .unwrap();
     expect_exit("get a on kvctl dev", &out, 0, &diag);
     assert_eq!(text(&out.stdout), "1\n", "{diag}");
+    let out = kvctl(&router, ["get", "a", "--tls-ca", &ca]).await.unwrap();
+    expect_exit("get a without a token", &out, 1, &diag);
+    let plain = router.replace("https://", "http://");
+    let out = kvctl(&plain, ["get", "a", "--token", token, "--timeout", "2s"])
+        .await
+        .unwrap();
+    expect_exit("get a in plaintext", &out, 1, &diag);
 
     // Ctrl-C: kvctl dev stops its children and exits.
     let status = dev

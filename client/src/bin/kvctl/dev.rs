@@ -5,6 +5,11 @@
 //! data dir restarts the same cluster with its data: a node ignores `--initial-cluster` once its
 //! data dir is initialized.
 //!
+//! Secure by default: on first use it makes a CA and role certificates (DIR/certs) and an
+//! admin token (DIR/admin.token), runs every hop over TLS (mutual between cluster processes)
+//! and starts a new cluster with authentication on, the token being its first admin's.
+//! `--insecure` runs plaintext without authentication, for nothing but a throwaway cluster.
+//!
 //! Each child runs in its own process group, so a terminal's Ctrl-C reaches only `kvctl`, which
 //! then stops the children in order: SIGTERM, and SIGKILL for any still running 5 s later.
 //! Killing `kvctl` itself with SIGKILL leaves them running; their logs name them.
@@ -54,6 +59,78 @@ pub struct DevArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub shards: u32,
+    /// Plaintext on every port and no authentication: anyone who reaches a port can do
+    /// anything. Only for a throwaway cluster.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Where a secure dev cluster keeps its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Secrets {
+    /// `kvctl certs create` output: ca.pem, node.pem, router.pem, client.pem and keys.
+    certs: PathBuf,
+    /// The first admin's token, read by the nodes on the cluster's first start.
+    token_file: PathBuf,
+}
+
+impl Secrets {
+    fn of(args: &DevArgs) -> Option<Secrets> {
+        (!args.insecure).then(|| Secrets {
+            certs: args.data_dir.join("certs"),
+            token_file: args.data_dir.join("admin.token"),
+        })
+    }
+
+    fn tls_args(&self, role: &str) -> Vec<String> {
+        let file = |name: String| self.certs.join(name).to_string_lossy().into_owned();
+        vec![
+            "--tls-cert".into(),
+            file(format!("{role}.pem")),
+            "--tls-key".into(),
+            file(format!("{role}-key.pem")),
+            "--tls-ca".into(),
+            file("ca.pem".into()),
+        ]
+    }
+
+    /// Makes what is missing: the certificates on first use, and the admin token. A token made
+    /// for a data dir whose cluster already exists is not its admin's (nodes read the file on
+    /// first start only), so an existing token file is kept as it is.
+    fn ensure(&self) -> anyhow::Result<String> {
+        if !self.certs.join("ca.pem").exists() {
+            crate::certs::create(&self.certs, &[], 365, false)
+                .with_context(|| format!("making certificates in {}", self.certs.display()))?;
+        }
+        if let Ok(token) = std::fs::read_to_string(&self.token_file) {
+            return Ok(token.trim().to_string());
+        }
+        let token = shardmap::Token::generate(&mut rand::rngs::OsRng).reveal();
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(&self.token_file)
+            .with_context(|| format!("cannot create {}", self.token_file.display()))?;
+        writeln!(file, "{token}")?;
+        file.sync_all()?;
+        Ok(token)
+    }
+
+    fn client_options(&self, token: &str) -> ClientOptions {
+        ClientOptions {
+            tls: Some(kv_proto::tls::ClientTls {
+                ca: self.certs.join("ca.pem"),
+                identity: None,
+            }),
+            token: Some(token.into()),
+            ..ClientOptions::default()
+        }
+    }
 }
 
 /// One process to start.
@@ -103,6 +180,7 @@ fn plan(args: &DevArgs) -> anyhow::Result<Vec<ChildSpec>> {
         .map(|(id, addr, _)| format!("{id}={addr}"))
         .collect::<Vec<_>>()
         .join(",");
+    let secrets = Secrets::of(args);
     let mut specs: Vec<ChildSpec> = nodes
         .iter()
         .map(|(id, listen, http)| ChildSpec {
@@ -124,7 +202,15 @@ fn plan(args: &DevArgs) -> anyhow::Result<Vec<ChildSpec>> {
                 args.shards.to_string(),
                 "--http".into(),
                 http.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(secrets.iter().flat_map(|s| {
+                let mut extra = s.tls_args("node");
+                extra.push("--bootstrap-admin-token-file".into());
+                extra.push(s.token_file.to_string_lossy().into_owned());
+                extra
+            }))
+            .collect(),
             listen: *listen,
             http: *http,
         })
@@ -143,7 +229,10 @@ fn plan(args: &DevArgs) -> anyhow::Result<Vec<ChildSpec>> {
                 .join(","),
             "--http".into(),
             router_http.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(secrets.iter().flat_map(|s| s.tls_args("router")))
+        .collect(),
         listen: router,
         http: router_http,
     });
@@ -166,6 +255,11 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<Outcome> {
     }
     let logs = args.data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let secrets = Secrets::of(&args);
+    let client_options = match &secrets {
+        Some(s) => s.client_options(&s.ensure()?),
+        None => ClientOptions::default(),
+    };
     let mut signals = Signals::new()?;
 
     let (exit_tx, mut exits) = mpsc::unbounded_channel();
@@ -189,20 +283,21 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<Outcome> {
     drop(exit_tx);
 
     let router = specs.last().expect("plan ends with the router");
-    let router_url = format!("http://{}", router.listen);
+    let scheme = if secrets.is_some() { "https" } else { "http" };
+    let router_url = format!("{scheme}://{}", router.listen);
     eprintln!(
         "kvctl dev: waiting for the cluster (logs in {})",
         logs.display()
     );
     let early = tokio::select! {
-        ready = wait_ready(&router_url, router.http) => ready.err().map(Err),
+        ready = wait_ready(&router_url, router.http, client_options) => ready.err().map(Err),
         exit = exits.recv() => Some(Err(unexpected_exit(exit))),
         signal = signals.recv() => Some(signal.map(|()| Outcome::Success)),
     };
     let result = match early {
         Some(result) => result,
         None => {
-            print_banner(&router_url, &specs, &args.data_dir, &logs);
+            print_banner(&router_url, &specs, &args.data_dir, &logs, secrets.as_ref());
             tokio::select! {
                 exit = exits.recv() => Err(unexpected_exit(exit)),
                 signal = signals.recv() => signal.map(|()| Outcome::Success),
@@ -214,26 +309,49 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<Outcome> {
     result
 }
 
-fn print_banner(router_url: &str, specs: &[ChildSpec], data_dir: &Path, logs: &Path) {
-    let flag = if router_url == "http://127.0.0.1:7400" {
-        String::new()
-    } else {
-        format!(" --router {router_url}")
-    };
+fn print_banner(
+    router_url: &str,
+    specs: &[ChildSpec],
+    data_dir: &Path,
+    logs: &Path,
+    secrets: Option<&Secrets>,
+) {
     let nodes: Vec<String> = specs
         .iter()
         .filter(|s| s.program == "kvnode")
         .map(|s| s.listen.to_string())
         .collect();
-    println!("Cluster ready.");
+    match secrets {
+        Some(_) => println!("Cluster ready: TLS on every hop, authentication on."),
+        None => println!("Cluster ready: INSECURE (plaintext, no authentication)."),
+    }
     println!("  router: {router_url}");
     println!("  nodes:  {}", nodes.join(", "));
     println!("  data:   {}", data_dir.display());
     println!("  logs:   {}", logs.display());
     println!();
     println!("Try, in another terminal:");
-    println!("  kvctl{flag} put a 1");
-    println!("  kvctl{flag} get a");
+    match secrets {
+        Some(s) => {
+            println!("  export KVCTL_ROUTER={router_url}");
+            println!("  export KVCTL_TLS_CA={}", s.certs.join("ca.pem").display());
+            println!("  export KVCTL_TOKEN=$(cat {})", s.token_file.display());
+        }
+        None if router_url != "http://127.0.0.1:7400" => {
+            println!("  export KVCTL_ROUTER={router_url}");
+        }
+        None => {}
+    }
+    println!("  kvctl put a 1");
+    println!("  kvctl get a");
+    if let Some(s) = secrets {
+        println!();
+        println!(
+            "The token is the first admin's (user admin) when this data dir's cluster was \
+             created by kvctl dev; client certificates are in {}.",
+            s.certs.display()
+        );
+    }
     println!();
     println!("Press Ctrl-C to stop.");
     let _ = io::stdout().flush();
@@ -444,13 +562,17 @@ fn strip_ansi(text: &str) -> String {
 
 /// Polls until the router answers a read (an absent key is an answer), or, should reads fail
 /// for a reason retrying cannot fix, until its `/ready` says 200.
-async fn wait_ready(router_url: &str, http: SocketAddr) -> anyhow::Result<()> {
+async fn wait_ready(
+    router_url: &str,
+    http: SocketAddr,
+    options: ClientOptions,
+) -> anyhow::Result<()> {
     let client = Client::with_options(
         [router_url],
         ClientOptions {
             timeout: Duration::from_secs(1),
             max_retries: 0,
-            ..ClientOptions::default()
+            ..options
         },
     )?;
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -543,6 +665,7 @@ mod tests {
             base_port: 7401,
             router_listen: "127.0.0.1:7400".into(),
             shards: 4,
+            insecure: true,
         }
     }
 
@@ -581,6 +704,71 @@ mod tests {
                 "127.0.0.1:7500",
             ]
         );
+    }
+
+    #[test]
+    fn a_secure_plan_gives_every_process_its_role_certificate_and_nodes_the_token() {
+        let secure = DevArgs {
+            insecure: false,
+            ..args()
+        };
+        let specs = plan(&secure).unwrap();
+        let tail = |spec: &ChildSpec, n: usize| spec.args[spec.args.len() - n..].to_vec();
+        assert_eq!(
+            tail(&specs[0], 8),
+            [
+                "--tls-cert",
+                "/tmp/kv/certs/node.pem",
+                "--tls-key",
+                "/tmp/kv/certs/node-key.pem",
+                "--tls-ca",
+                "/tmp/kv/certs/ca.pem",
+                "--bootstrap-admin-token-file",
+                "/tmp/kv/admin.token",
+            ]
+        );
+        assert_eq!(
+            tail(&specs[3], 6),
+            [
+                "--tls-cert",
+                "/tmp/kv/certs/router.pem",
+                "--tls-key",
+                "/tmp/kv/certs/router-key.pem",
+                "--tls-ca",
+                "/tmp/kv/certs/ca.pem",
+            ]
+        );
+        // --insecure adds none of them.
+        assert!(plan(&args()).unwrap().iter().all(|s| !s
+            .args
+            .iter()
+            .any(|a| a.starts_with("--tls") || a.contains("token"))));
+    }
+
+    #[test]
+    fn secrets_are_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::of(&DevArgs {
+            data_dir: dir.path().to_path_buf(),
+            insecure: false,
+            ..args()
+        })
+        .unwrap();
+        let token = secrets.ensure().unwrap();
+        assert!(token.starts_with("kvt_"), "{token}");
+        assert!(secrets.certs.join("node.pem").exists());
+        let ca = std::fs::read(secrets.certs.join("ca.pem")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&secrets.token_file)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "the token file is readable by others");
+        }
+        assert_eq!(secrets.ensure().unwrap(), token);
+        assert_eq!(std::fs::read(secrets.certs.join("ca.pem")).unwrap(), ca);
     }
 
     #[test]
