@@ -387,26 +387,26 @@ impl Router {
         request: &R,
         deadline: Instant,
     ) -> Result<Identity, RouterError> {
-        let result = match self.authenticate(caller, deadline).await {
-            Ok(identity) => self
-                .authorize(&identity, action, request)
-                .map(|()| identity),
-            Err(e) => Err(e),
+        let refused = match self.authenticate(caller, deadline).await {
+            Ok(identity) => match self.authorize(&identity, action, request) {
+                Ok(()) => return Ok(identity),
+                Err(e) => (identity.name().to_string(), e),
+            },
+            Err(e) => (claimed(caller), e),
         };
-        if let Err(e) = &result {
-            if let Some(reason) = e.deny_reason() {
-                self.metrics.count_denied(reason);
-                audit::record(AuditRecord {
-                    identity: claimed(caller),
-                    peer: caller.peer(),
-                    action: action.to_string(),
-                    target: request.target(),
-                    outcome: "denied",
-                    reason: e.to_string(),
-                });
-            }
+        let (who, e) = refused;
+        if let Some(reason) = e.deny_reason() {
+            self.metrics.count_denied(reason);
+            audit::record(AuditRecord {
+                identity: who,
+                peer: caller.peer(),
+                action: action.to_string(),
+                target: request.target(),
+                outcome: "denied",
+                reason: e.to_string(),
+            });
         }
-        result
+        Err(e)
     }
 
     /// Writes the outcome of an admin change to the audit log.
