@@ -571,7 +571,8 @@ impl Segments {
     }
 }
 
-fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
+/// Appends `entry` to `buf` as one record (see the module doc).
+pub fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
     let at = buf.len();
     buf.extend_from_slice(&[0u8; HEADER]);
     bincode::serialize_into(&mut *buf, entry).map_err(io::Error::other)?;
@@ -592,7 +593,7 @@ fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
 /// The entry at the start of `bytes` and the record's whole length. `None` where the record is
 /// incomplete or fails its checksum (a torn write); `Some(Err)` where the checksum holds but
 /// the entry does not decode (corruption no crash explains).
-fn decode_record(bytes: &[u8]) -> Option<Result<(Entry, usize), bincode::Error>> {
+pub fn decode_record(bytes: &[u8]) -> Option<Result<(Entry, usize), bincode::Error>> {
     let header = bytes.get(..HEADER)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);

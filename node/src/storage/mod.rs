@@ -19,6 +19,13 @@ pub use file_log::{FileLog, SEGMENT_BYTES};
 pub use flusher::{FlushStats, Flusher};
 pub use state_machine::{GroupData, StateMachine};
 
+/// The persisted-format decoders, for the fuzz targets in `tests/fuzz` only (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::file_log::{decode_record, encode_record};
+    pub use super::state_machine::fuzzing::{change_map, decode, Record, RECORDS};
+}
+
 use openraft::{ErrorSubject, ErrorVerb};
 
 use crate::types::{NodeId, StorageError};

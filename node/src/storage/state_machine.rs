@@ -1151,6 +1151,92 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// The state machine's persisted-format decoders, for the fuzz targets in `tests/fuzz` (not an
+/// API): each reads bytes with the type and the bincode call that opening a group or
+/// installing a snapshot uses, and answers the value encoded again, so that a target can check
+/// that decoding never panics and that decoding and encoding agree.
+#[doc(hidden)]
+pub mod fuzzing {
+    use serde::de::DeserializeOwned;
+
+    use super::*;
+
+    /// A record of the `sm`, `dedup` and `snap` trees (see [`crate::keys`]), or a snapshot.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Record {
+        /// `journal`: the decisions of the latest `apply` call.
+        Journal,
+        /// `applied`: the last applied log id.
+        Applied,
+        /// `membership`.
+        Membership,
+        /// `fences`.
+        Fences,
+        /// A `dedup` tree record: an entry's (id, results) pairs.
+        Exceptions,
+        /// `request_ids`: the request-id checkpoint, rebuilt into the table as opening a group
+        /// does and encoded from the table again as the next snapshot does.
+        Checkpoint,
+        /// `snapshot`: a stored snapshot, its meta and body bytes.
+        StoredSnapshot,
+        /// A snapshot body as installed (what a leader sends), with the checkpoint inside it
+        /// decoded and rebuilt as installing does, and every stored value split.
+        SnapshotBody,
+    }
+
+    pub const RECORDS: [Record; 8] = [
+        Record::Journal,
+        Record::Applied,
+        Record::Membership,
+        Record::Fences,
+        Record::Exceptions,
+        Record::Checkpoint,
+        Record::StoredSnapshot,
+        Record::SnapshotBody,
+    ];
+
+    fn again<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> bincode::Result<Vec<u8>> {
+        bincode::serialize(&bincode::deserialize::<T>(bytes)?)
+    }
+
+    /// Decodes `bytes` as `record`, and answers the decoded value encoded again.
+    pub fn decode(record: Record, bytes: &[u8]) -> bincode::Result<Vec<u8>> {
+        match record {
+            Record::Journal => again::<Vec<Decided>>(bytes),
+            Record::Applied => again::<Option<LogId>>(bytes),
+            Record::Membership => again::<StoredMembership>(bytes),
+            Record::Fences => again::<Vec<Fence>>(bytes),
+            Record::Exceptions => again::<Vec<(serde_bytes::ByteBuf, Vec<OpResult>)>>(bytes),
+            Record::Checkpoint => {
+                let checkpoint: Checkpoint = bincode::deserialize(bytes)?;
+                RequestIds::from_vec(checkpoint.ids)
+                    .checkpoint_bytes(checkpoint.applied, checkpoint.aging)
+            }
+            Record::StoredSnapshot => again::<StoredSnapshot>(bytes),
+            Record::SnapshotBody => {
+                let body: SnapshotBody = bincode::deserialize(bytes)?;
+                let checkpoint: Checkpoint = bincode::deserialize(&body.request_ids)?;
+                RequestIds::from_vec(checkpoint.ids);
+                for (_, value) in &body.kvs {
+                    // Readers split each value; a short one is an error there, never a panic.
+                    let _ = keys::decode_value(value);
+                }
+                bincode::serialize(&body)
+            }
+        }
+    }
+
+    /// Applies a map change (JSON, as a `ChangeMap` entry carries it) to the stored map (JSON),
+    /// as `apply` does on every replica of the meta group.
+    pub fn change_map(
+        current: Option<&[u8]>,
+        change_json: &[u8],
+        expected_epoch: u64,
+    ) -> Result<(u64, Vec<u8>), MapChangeRefused> {
+        super::change_map(current, change_json, expected_epoch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Golden vectors of what the state machine stores in sled: the apply journal, the applied
