@@ -161,8 +161,7 @@ mod tests {
         let err = connector(router, Some(CertRole::Router))
             .call(server.uri.clone())
             .await
-            .err()
-            .expect("a node certificate where a router was expected");
+            .expect_err("a node certificate where a router was expected");
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert!(err.to_string().contains("not for a router"), "{err}");
         drop(server.certs);
