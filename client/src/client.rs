@@ -109,7 +109,9 @@ fn multiplexer(kv: KvClient<Channel>, bearer: Option<Bearer>) -> Calls {
 /// Adds the access token, if any, to a request.
 fn authorize<T>(request: &mut tonic::Request<T>, bearer: Option<&Bearer>) {
     if let Some(value) = bearer {
-        request.metadata_mut().insert("authorization", value.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
     }
 }
 
@@ -605,11 +607,15 @@ impl Client {
     async fn call_one(&self, call: Call) -> Result<Outcome, Error> {
         let coalesce = self.inner.options.coalesce;
         let bearer = &self.inner.bearer;
-        self.call_on(|r| r.handles(bearer), call, |router, call, budget| async move {
-            one_call(router, call, budget, coalesce)
-                .await
-                .map(tonic::Response::new)
-        })
+        self.call_on(
+            |r| r.handles(bearer),
+            call,
+            |router, call, budget| async move {
+                one_call(router, call, budget, coalesce)
+                    .await
+                    .map(tonic::Response::new)
+            },
+        )
         .await
     }
 

@@ -162,7 +162,9 @@ impl Error {
             Error::Transport(_) => "TRANSPORT",
             Error::InvalidEndpoint { .. } => "INVALID_ENDPOINT",
             Error::Server { code, .. } => code.as_deref().unwrap_or("SERVER"),
-            Error::Unauthenticated { code, .. } => code.as_deref().unwrap_or(codes::UNAUTHENTICATED),
+            Error::Unauthenticated { code, .. } => {
+                code.as_deref().unwrap_or(codes::UNAUTHENTICATED)
+            }
             Error::PermissionDenied { code, .. } => {
                 code.as_deref().unwrap_or(codes::PERMISSION_DENIED)
             }

@@ -118,7 +118,9 @@ pub use client::{next_start, Client};
 pub use error::Error;
 /// The stable error codes [`Error::code`] returns when the server sent one.
 pub use kv_proto::codes;
-pub use options::{AccessToken, ClientOptions, Consistency, ReadOptions, ScanOptions, WriteOptions};
+pub use options::{
+    AccessToken, ClientOptions, Consistency, ReadOptions, ScanOptions, WriteOptions,
+};
 pub use session::{Session, SessionToken};
 pub use types::{DeleteOutcome, KeyValue, ScanPage, Versioned};
 pub use users::{Grant, IssuedToken, RoleInfo, TokenInfo, UserInfo, WhoAmI};

@@ -139,7 +139,10 @@ impl Client {
         let resp = self
             .admin_call(req, |mut c, r| async move { c.create_user(r).await })
             .await?;
-        let user = resp.user.map(UserInfo::from).ok_or_else(|| missing("the user"))?;
+        let user = resp
+            .user
+            .map(UserInfo::from)
+            .ok_or_else(|| missing("the user"))?;
         Ok((user, (!resp.token.is_empty()).then_some(resp.token)))
     }
 
@@ -176,7 +179,9 @@ impl Client {
         let resp = self
             .admin_call(req, |mut c, r| async move { c.set_user_roles(r).await })
             .await?;
-        resp.user.map(UserInfo::from).ok_or_else(|| missing("the user"))
+        resp.user
+            .map(UserInfo::from)
+            .ok_or_else(|| missing("the user"))
     }
 
     /// Issues a new token to `user` (expiring after `ttl_ms` when non-zero).
@@ -216,7 +221,9 @@ impl Client {
         let resp = self
             .admin_call(req, |mut c, r| async move { c.create_role(r).await })
             .await?;
-        resp.role.map(RoleInfo::from).ok_or_else(|| missing("the role"))
+        resp.role
+            .map(RoleInfo::from)
+            .ok_or_else(|| missing("the role"))
     }
 
     /// Deletes a role no user holds.
@@ -254,7 +261,9 @@ impl Client {
         let resp = self
             .admin_call(req, |mut c, r| async move { c.grant(r).await })
             .await?;
-        resp.role.map(RoleInfo::from).ok_or_else(|| missing("the role"))
+        resp.role
+            .map(RoleInfo::from)
+            .ok_or_else(|| missing("the role"))
     }
 
     /// Takes `role`'s grant on `keyspace` and `prefix` away.
@@ -272,7 +281,9 @@ impl Client {
         let resp = self
             .admin_call(req, |mut c, r| async move { c.revoke_grant(r).await })
             .await?;
-        resp.role.map(RoleInfo::from).ok_or_else(|| missing("the role"))
+        resp.role
+            .map(RoleInfo::from)
+            .ok_or_else(|| missing("the role"))
     }
 
     /// Turns authentication on or off for the whole cluster. Turning it on is refused unless

@@ -1224,14 +1224,24 @@ async fn the_token_is_sent_on_every_call() {
         .unwrap();
         client.put("k", "v").await.unwrap();
         client.get("k").await.unwrap();
-        assert_eq!(client.who_am_i().await.unwrap().user, format!("Bearer {token}"));
-        assert!(!format!("{client:?}").contains(&token[25..]), "Debug shows the secret");
+        assert_eq!(
+            client.who_am_i().await.unwrap().user,
+            format!("Bearer {token}")
+        );
+        assert!(
+            !format!("{client:?}").contains(&token[25..]),
+            "Debug shows the secret"
+        );
     }
     let seen = std::mem::take(&mut *state.authorizations.lock().unwrap());
     // One MultiStream (coalesced), one unary Get, two WhoAmI.
     assert_eq!(seen.len(), 4, "{seen:?}");
-    assert!(seen.iter().all(|h| *h == format!("Bearer {token}")), "{seen:?}");
-    let plain = Client::with_options([format!("http://{addr}")], fast(Duration::from_secs(2))).unwrap();
+    assert!(
+        seen.iter().all(|h| *h == format!("Bearer {token}")),
+        "{seen:?}"
+    );
+    let plain =
+        Client::with_options([format!("http://{addr}")], fast(Duration::from_secs(2))).unwrap();
     assert_eq!(plain.who_am_i().await.unwrap().user, "");
     let bad = Client::with_options(
         [format!("http://{addr}")],

@@ -116,7 +116,10 @@ impl StoredConfig {
 /// leave a cluster meant to be closed open to anyone.
 fn read_bootstrap_token(path: &std::path::Path) -> Result<TokenEntry, NodeError> {
     let refuse = |why: String| {
-        NodeError::BadRequest(format!("--bootstrap-admin-token-file {}: {why}", path.display()))
+        NodeError::BadRequest(format!(
+            "--bootstrap-admin-token-file {}: {why}",
+            path.display()
+        ))
     };
     let text = std::fs::read_to_string(path).map_err(|e| refuse(e.to_string()))?;
     if text.trim().is_empty() {
@@ -124,11 +127,8 @@ fn read_bootstrap_token(path: &std::path::Path) -> Result<TokenEntry, NodeError>
             "the file is empty; write a token made by `kvctl auth token-new` into it".into(),
         ));
     }
-    let token = Token::parse(&text).map_err(|e| {
-        refuse(format!(
-            "{e} (make one with `kvctl auth token-new`)"
-        ))
-    })?;
+    let token = Token::parse(&text)
+        .map_err(|e| refuse(format!("{e} (make one with `kvctl auth token-new`)")))?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -1205,7 +1205,11 @@ mod tests {
             r#""sha256":"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff","#,
             r#""created_ms":5,"expires_at_ms":null}}"#
         );
-        assert_eq!(serde_json::to_string(&with_admin).unwrap(), golden, "{CHANGED}");
+        assert_eq!(
+            serde_json::to_string(&with_admin).unwrap(),
+            golden,
+            "{CHANGED}"
+        );
         let back: StoredConfig = serde_json::from_str(golden).unwrap();
         assert_eq!(back, with_admin, "{CHANGED}");
         let three = StoredConfig {
@@ -1227,7 +1231,10 @@ mod tests {
         ] {
             std::fs::write(&path, text).unwrap();
             let e = read_bootstrap_token(&path).unwrap_err().to_string();
-            assert!(e.contains(expect) && e.contains("--bootstrap-admin-token-file"), "{text:?}: {e}");
+            assert!(
+                e.contains(expect) && e.contains("--bootstrap-admin-token-file"),
+                "{text:?}: {e}"
+            );
         }
         assert!(read_bootstrap_token(&dir.path().join("missing")).is_err());
         let token = Token::parse(&format!("kvt_0011223344556677_{}", "ab".repeat(32))).unwrap();

@@ -127,7 +127,11 @@ async fn refuses_and_allows_as_granted_and_audits() {
     .await
     .expect("cluster starts");
     let audit_path = dir.join("audit.log");
-    let nodes: Vec<String> = cluster.nodes().iter().map(|n| n.addr().to_string()).collect();
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.addr().to_string())
+        .collect();
     let mut router = RouterProcess::new(
         "router-audit",
         free_addr(),
@@ -174,7 +178,10 @@ async fn refuses_and_allows_as_granted_and_audits() {
 
     // The admin may do everything.
     let me = admin.who_am_i().await.unwrap();
-    assert_eq!((me.user.as_str(), me.admin, me.auth_enabled), ("admin", true, true));
+    assert_eq!(
+        (me.user.as_str(), me.admin, me.auth_enabled),
+        ("admin", true, true)
+    );
     for name in ["ka", "kb"] {
         admin
             .create_keyspace(&KeyspaceSpec::hash(name, 1))
@@ -227,7 +234,10 @@ async fn refuses_and_allows_as_granted_and_audits() {
         // Read-only: reads ka, cannot write it, cannot read kb.
         let got = alice.get_with("x", &ks_read("ka")).await.unwrap();
         assert_eq!(got.unwrap().value, "1");
-        assert_eq!(alice.scan("", "", &ks_scan("ka")).await.unwrap().kvs.len(), 1);
+        assert_eq!(
+            alice.scan("", "", &ks_scan("ka")).await.unwrap().kvs.len(),
+            1
+        );
         denied(
             "read-only put",
             alice.put_with("x", "2", &ks_write("ka")).await,
@@ -257,7 +267,11 @@ async fn refuses_and_allows_as_granted_and_audits() {
         // A prefix grant allows keys under it only.
         let bob = client(&endpoint, Some(&bob_token), coalesce);
         bob.put_with("t1/y", "3", &ks_write("kb")).await.unwrap();
-        assert!(bob.get_with("t1/x", &ks_read("kb")).await.unwrap().is_some());
+        assert!(bob
+            .get_with("t1/x", &ks_read("kb"))
+            .await
+            .unwrap()
+            .is_some());
         denied(
             "outside the prefix",
             bob.get_with("t2/x", &ks_read("kb")).await,
@@ -293,10 +307,16 @@ async fn refuses_and_allows_as_granted_and_audits() {
             alice.create_keyspace(&KeyspaceSpec::hash("kc", 1)).await,
             &["alice", "CreateKeyspace", "\"kc\"", "an admin role"],
         );
-        denied("drop keyspace", alice.drop_keyspace("kb", true).await, &["alice", "DropKeyspace"]);
+        denied(
+            "drop keyspace",
+            alice.drop_keyspace("kb", true).await,
+            &["alice", "DropKeyspace"],
+        );
         denied(
             "create user",
-            alice.create_user("mallory", &["tenant1".into()], true, 0).await,
+            alice
+                .create_user("mallory", &["tenant1".into()], true, 0)
+                .await,
             &["alice", "CreateUser", "\"mallory\""],
         );
         denied(
@@ -304,17 +324,30 @@ async fn refuses_and_allows_as_granted_and_audits() {
             alice.grant("reader-a", &t1).await,
             &["alice", "Grant"],
         );
-        denied("list users", alice.list_users().await, &["alice", "ListUsers"]);
+        denied(
+            "list users",
+            alice.list_users().await,
+            &["alice", "ListUsers"],
+        );
         // Listing keyspaces needs only a known caller.
         assert!(alice.list_keyspaces().await.unwrap().len() >= 3);
         assert_eq!(alice.who_am_i().await.unwrap().user, "alice");
     }
     // Nothing the refusals tried happened.
     assert_eq!(
-        admin.get_with("x", &ks_read("ka")).await.unwrap().unwrap().value,
+        admin
+            .get_with("x", &ks_read("ka"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
         "1"
     );
-    assert!(admin.get_with("t2/y", &ks_read("kb")).await.unwrap().is_none());
+    assert!(admin
+        .get_with("t2/y", &ks_read("kb"))
+        .await
+        .unwrap()
+        .is_none());
     assert!(admin.describe_keyspace("kc").await.is_err());
     assert_eq!(admin.list_users().await.unwrap().0.len(), 3);
 
@@ -323,7 +356,9 @@ async fn refuses_and_allows_as_granted_and_audits() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     unauthenticated(
         "expired token",
-        client(&endpoint, Some(&short.token), true).get_with("t1/x", &ks_read("kb")).await,
+        client(&endpoint, Some(&short.token), true)
+            .get_with("t1/x", &ks_read("kb"))
+            .await,
         "expired",
     );
     admin.revoke_token(&bob_token).await.unwrap();
@@ -339,12 +374,26 @@ async fn refuses_and_allows_as_granted_and_audits() {
     assert!(refused.to_string().contains("locking every"), "{refused}");
 
     // kvctl: exit 1 and the reason on stderr.
-    let out = kvctl(&endpoint, ["get", "x", "--keyspace", "ka"]).await.unwrap();
+    let out = kvctl(&endpoint, ["get", "x", "--keyspace", "ka"])
+        .await
+        .unwrap();
     expect_exit("kvctl get without a token", &out, 1);
-    assert!(text(&out.stderr).contains("unauthenticated"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unauthenticated"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = kvctl(
         &endpoint,
-        ["--token", alice_token.as_str(), "put", "x", "9", "--keyspace", "ka"],
+        [
+            "--token",
+            alice_token.as_str(),
+            "put",
+            "x",
+            "9",
+            "--keyspace",
+            "ka",
+        ],
     )
     .await
     .unwrap();
@@ -356,14 +405,29 @@ async fn refuses_and_allows_as_granted_and_audits() {
     );
     let out = kvctl(
         &endpoint,
-        ["get", "x", "--keyspace", "ka", "--token", alice_token.as_str()],
+        [
+            "get",
+            "x",
+            "--keyspace",
+            "ka",
+            "--token",
+            alice_token.as_str(),
+        ],
     )
     .await
     .unwrap();
     expect_exit("kvctl get by a reader", &out, 0);
     assert_eq!(text(&out.stdout), "1\n");
     let out = tokio::process::Command::new(cluster_tests::bins::bin_path("kvctl"))
-        .args(["--router", endpoint.as_str(), "user", "token", "alice", "-o", "json"])
+        .args([
+            "--router",
+            endpoint.as_str(),
+            "user",
+            "token",
+            "alice",
+            "-o",
+            "json",
+        ])
         .env("KVCTL_TOKEN", &admin_token)
         .output()
         .await
@@ -388,10 +452,19 @@ async fn refuses_and_allows_as_granted_and_audits() {
     let (_, metrics) = http_get(router.http_addr(), "/metrics")
         .await
         .expect("metrics");
-    for reason in ["forbidden", "no_credential", "expired_token", "unknown_token"] {
+    for reason in [
+        "forbidden",
+        "no_credential",
+        "expired_token",
+        "unknown_token",
+    ] {
         let line = metrics
             .lines()
-            .find(|l| l.starts_with(&format!("kvrouter_auth_denied_total{{reason=\"{reason}\"}}")))
+            .find(|l| {
+                l.starts_with(&format!(
+                    "kvrouter_auth_denied_total{{reason=\"{reason}\"}}"
+                ))
+            })
             .unwrap_or_else(|| panic!("no {reason} line"));
         let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(count > 0, "{line}");
@@ -406,7 +479,10 @@ async fn refuses_and_allows_as_granted_and_audits() {
                 .lines()
                 .map(|l| serde_json::from_str(l).expect("a JSON line"))
                 .collect();
-            if lines.iter().any(|l: &serde_json::Value| l["action"] == "DropKeyspace") {
+            if lines
+                .iter()
+                .any(|l: &serde_json::Value| l["action"] == "DropKeyspace")
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -414,19 +490,31 @@ async fn refuses_and_allows_as_granted_and_audits() {
         lines
     };
     let find = |action: &str, identity: &str, outcome: &str| {
-        lines.iter().find(|l| {
-            l["action"] == action && l["identity"] == identity && l["outcome"] == outcome
-        })
+        lines
+            .iter()
+            .find(|l| l["action"] == action && l["identity"] == identity && l["outcome"] == outcome)
     };
     let put = find("Put", "alice", "denied").expect("the denied put is audited");
     assert!(put["target"].as_str().unwrap().contains("\"ka\""), "{put}");
-    assert!(put["reason"].as_str().unwrap().contains("permission denied"), "{put}");
-    assert!(put["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{put}");
+    assert!(
+        put["reason"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied"),
+        "{put}"
+    );
+    assert!(
+        put["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{put}"
+    );
     assert!(put["time_ms"].as_u64().unwrap() > 0, "{put}");
     let create = find("CreateKeyspace", "admin", "ok").expect("the admin change is audited");
     assert_eq!(create["target"], "keyspace \"ka\"");
     assert!(find("CreateUser", "admin", "ok").is_some());
-    assert!(find("RevokeToken", "admin", "failed").is_some(), "refused changes too");
+    assert!(
+        find("RevokeToken", "admin", "failed").is_some(),
+        "refused changes too"
+    );
     let anon = find("Get", "anonymous", "denied").expect("anonymous refusals");
     assert!(anon["reason"].as_str().unwrap().contains("no credential"));
     // Tokens are named by id, never by their secret.

@@ -238,24 +238,44 @@ fn check_token_entry(t: &TokenEntry) -> Result<(), MapError> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthChange {
     /// Turns checking on or off. Turning it on needs a user with an admin role and a token.
-    SetEnabled { enabled: bool },
+    SetEnabled {
+        enabled: bool,
+    },
     /// A new user with these roles and, optionally, a first token.
     CreateUser {
         name: String,
         roles: Vec<String>,
         token: Option<TokenEntry>,
     },
-    DeleteUser { name: String },
+    DeleteUser {
+        name: String,
+    },
     /// Replaces a user's roles.
-    SetUserRoles { name: String, roles: Vec<String> },
-    IssueToken { user: String, token: TokenEntry },
+    SetUserRoles {
+        name: String,
+        roles: Vec<String>,
+    },
+    IssueToken {
+        user: String,
+        token: TokenEntry,
+    },
     /// Removes the token with this id, whoever holds it.
-    RevokeToken { id: String },
-    CreateRole { name: String, admin: bool },
+    RevokeToken {
+        id: String,
+    },
+    CreateRole {
+        name: String,
+        admin: bool,
+    },
     /// Refused while a user holds the role.
-    DeleteRole { name: String },
+    DeleteRole {
+        name: String,
+    },
     /// Adds a grant to a role; a grant on the same keyspace and prefix is replaced.
-    Grant { role: String, grant: Grant },
+    Grant {
+        role: String,
+        grant: Grant,
+    },
     /// Removes the role's grant on this keyspace and prefix.
     RevokeGrant {
         role: String,
@@ -824,7 +844,10 @@ mod tests {
         let text = t.reveal();
         assert!(text.starts_with("kvt_"));
         assert_eq!(Token::parse(&format!("{text}\n")).unwrap(), t);
-        assert!(!format!("{t:?}").contains(&t.secret), "Debug leaks the secret");
+        assert!(
+            !format!("{t:?}").contains(&t.secret),
+            "Debug leaks the secret"
+        );
         for bad in [
             "",
             "kvt_",
@@ -900,7 +923,10 @@ mod tests {
         assert!(p.allows_key("b", b"tenant-1/k", true));
         assert!(p.allows_key("b", b"tenant-1/k", false));
         assert!(!p.allows_key("b", b"tenant-2/k", false));
-        assert!(!p.allows_key("b", b"tenant-1", false), "the prefix itself is longer");
+        assert!(
+            !p.allows_key("b", b"tenant-1", false),
+            "the prefix itself is longer"
+        );
         // The default keyspace answers to both names.
         let d = perms(vec![grant("", "", Access::Read)]);
         assert!(d.allows_key("default", b"k", false));

@@ -85,7 +85,10 @@ pub async fn run(args: AuthArgs, global: &Global) -> anyhow::Result<Outcome> {
         AuthCommand::Enable | AuthCommand::Disable => {
             let enabled = matches!(args.command, AuthCommand::Enable);
             let epoch = global.client()?.set_auth_enabled(enabled).await?;
-            ("OK\n".to_string(), json!({"auth_enabled": enabled, "epoch": epoch}))
+            (
+                "OK\n".to_string(),
+                json!({"auth_enabled": enabled, "epoch": epoch}),
+            )
         }
     };
     let mut out = std::io::stdout().lock();

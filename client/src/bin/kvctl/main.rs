@@ -258,7 +258,16 @@ mod tests {
             panic!("not create")
         };
         assert_eq!(roles, ["a", "b"]);
-        let cli = parse(&["grant", "r", "read-write", "--keyspace", "k", "--prefix", "t/"]).unwrap();
+        let cli = parse(&[
+            "grant",
+            "r",
+            "read-write",
+            "--keyspace",
+            "k",
+            "--prefix",
+            "t/",
+        ])
+        .unwrap();
         let Command::Grant(g) = cli.command else {
             panic!("not grant")
         };

@@ -39,9 +39,7 @@ pub enum UserCommand {
     /// One line per user: name, roles, token ids.
     List,
     /// Delete a user and its tokens.
-    Delete {
-        name: String,
-    },
+    Delete { name: String },
     /// Issue another token to a user and print it (shown once).
     Token {
         name: String,
@@ -50,9 +48,7 @@ pub enum UserCommand {
         ttl: Option<std::time::Duration>,
     },
     /// Revoke a token, given by its id (see `user list`) or its whole text.
-    Revoke {
-        token: String,
-    },
+    Revoke { token: String },
     /// Replace a user's roles (comma-separated; empty for none).
     Roles {
         name: String,
@@ -62,7 +58,9 @@ pub enum UserCommand {
 }
 
 fn ms(ttl: Option<std::time::Duration>) -> u64 {
-    ttl.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+    ttl.map_or(0, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 pub fn token_json(t: &TokenInfo) -> Value {
