@@ -112,6 +112,11 @@ pub trait Authorize {
     fn need(&self) -> Need<'_>;
     /// What it acts on, for messages and the audit log.
     fn target(&self) -> String;
+    /// Whether it changes the cluster (and so is written to the audit log). A method of its
+    /// own so that data requests answer without building their [`Need`].
+    fn is_change(&self) -> bool {
+        false
+    }
 }
 
 fn show(bytes: &[u8]) -> String {
@@ -221,6 +226,9 @@ macro_rules! admin_requests {
             fn target(&self) -> String {
                 let $r = self;
                 $target
+            }
+            fn is_change(&self) -> bool {
+                matches!(self.need(), Need::Admin)
             }
         }
     )*};
@@ -340,45 +348,6 @@ impl Router {
         }
     }
 
-    /// Whether `identity` may do what `request` needs; `action` names it in the refusal.
-    pub fn authorize<R: Authorize>(
-        &self,
-        identity: &Identity,
-        action: &str,
-        request: &R,
-    ) -> Result<(), RouterError> {
-        let Identity::User(user) = identity else {
-            return Ok(());
-        };
-        let p = &user.permissions;
-        let (allowed, needs) = match request.need() {
-            Need::Keys {
-                keyspace,
-                keys,
-                write,
-            } => (
-                keys.iter().all(|k| p.allows_key(keyspace, k, write)),
-                if write { "write" } else { "read" },
-            ),
-            Need::Range {
-                keyspace,
-                start,
-                end,
-            } => (p.allows_range(keyspace, start, end), "read"),
-            Need::Admin => (p.admin, "an admin role"),
-            Need::Known => (true, ""),
-        };
-        if allowed {
-            return Ok(());
-        }
-        Err(RouterError::PermissionDenied {
-            user: user.user.to_string(),
-            action: action.to_string(),
-            target: request.target(),
-            needs,
-        })
-    }
-
     /// Authenticates and authorizes one request; a refusal is counted and audited.
     pub async fn check<R: Authorize>(
         &self,
@@ -388,7 +357,7 @@ impl Router {
         deadline: Instant,
     ) -> Result<Identity, RouterError> {
         let refused = match self.authenticate(caller, deadline).await {
-            Ok(identity) => match self.authorize(&identity, action, request) {
+            Ok(identity) => match authorize(&identity, action, request) {
                 Ok(()) => return Ok(identity),
                 Err(e) => (identity.name().to_string(), e),
             },
@@ -427,6 +396,44 @@ impl Router {
             reason: error.map(|e| e.to_string()).unwrap_or_default(),
         });
     }
+}
+
+/// Whether `identity` may do what `request` needs; `action` names it in the refusal.
+pub fn authorize<R: Authorize>(
+    identity: &Identity,
+    action: &str,
+    request: &R,
+) -> Result<(), RouterError> {
+    let Identity::User(user) = identity else {
+        return Ok(());
+    };
+    let p = &user.permissions;
+    let (allowed, needs) = match request.need() {
+        Need::Keys {
+            keyspace,
+            keys,
+            write,
+        } => (
+            keys.iter().all(|k| p.allows_key(keyspace, k, write)),
+            if write { "write" } else { "read" },
+        ),
+        Need::Range {
+            keyspace,
+            start,
+            end,
+        } => (p.allows_range(keyspace, start, end), "read"),
+        Need::Admin => (p.admin, "an admin role"),
+        Need::Known => (true, ""),
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(RouterError::PermissionDenied {
+        user: user.user.to_string(),
+        action: action.to_string(),
+        target: request.target(),
+        needs,
+    })
 }
 
 /// Who a refused caller claimed to be: the token's id or the certificate's name, never the
@@ -517,44 +524,65 @@ mod tests {
     }
 
     #[test]
-    fn requests_name_what_they_need() {
-        let (map, _, reader) = map_with_reader();
+    fn requests_are_allowed_as_their_grants_say() {
+        let (map, admin, reader) = map_with_reader();
         let index = AuthIndex::new(&map.map.auth);
-        let bob = Identity::User(
-            index
-                .authenticate_token(&reader.reveal(), now_ms())
-                .unwrap()
-                .clone(),
-        );
+        let who =
+            |t: &Token| Identity::User(index.authenticate_token(&t.reveal(), 0).unwrap().clone());
+        let (admin, bob) = (who(&admin), who(&reader));
         let get = |key: &'static str| GetRequest {
             key: Bytes::from_static(key.as_bytes()),
             ..Default::default()
         };
-        let p = match &bob {
-            Identity::User(u) => u.permissions.clone(),
-            Identity::Anyone => unreachable!(),
-        };
-        let allowed = |r: &dyn Fn() -> bool| r();
-        assert!(allowed(
-            &|| matches!(get("t/1").need(), Need::Keys { keys, .. } if p.allows_key("", keys[0], false))
-        ));
-        assert!(!p.allows_key("", b"u/1", false));
-        let scan = ScanRequest {
-            start: Bytes::from_static(b"t/"),
-            end: Bytes::from_static(b"t0"),
+        let put = PutRequest {
+            key: Bytes::from_static(b"t/1"),
             ..Default::default()
         };
-        assert!(
-            matches!(scan.need(), Need::Range { start, end, .. } if p.allows_range("", start, end))
-        );
-        assert!(matches!(
-            pb::CreateUserRequest::default().need(),
-            Need::Admin
-        ));
-        assert!(matches!(
-            pb::ListKeyspacesRequest::default().need(),
-            Need::Known
-        ));
+        let scan = |start: &'static [u8], end: &'static [u8]| ScanRequest {
+            start: Bytes::from_static(start),
+            end: Bytes::from_static(end),
+            ..Default::default()
+        };
+        let batch = BatchGetRequest {
+            keys: vec![Bytes::from_static(b"t/1"), Bytes::from_static(b"u/1")],
+            ..Default::default()
+        };
+        assert!(authorize(&bob, "Get", &get("t/1")).is_ok());
+        assert!(authorize(&bob, "Scan", &scan(b"t/", b"t0")).is_ok());
+        assert!(authorize(&bob, "ListKeyspaces", &pb::ListKeyspacesRequest::default()).is_ok());
+        for (action, refused) in [
+            ("Get", authorize(&bob, "Get", &get("u/1"))),
+            ("Put", authorize(&bob, "Put", &put)),
+            ("Scan", authorize(&bob, "Scan", &scan(b"t/", b""))),
+            ("BatchGet", authorize(&bob, "BatchGet", &batch)),
+            (
+                "CreateUser",
+                authorize(&bob, "CreateUser", &pb::CreateUserRequest::default()),
+            ),
+        ] {
+            let e = refused.unwrap_err();
+            assert_eq!(e.deny_reason(), Some(DenyReason::Forbidden), "{action}");
+            let message = e.to_string();
+            assert!(
+                message.contains("\"bob\"") && message.contains(action),
+                "{message}"
+            );
+        }
+        for allowed in [
+            authorize(&admin, "Put", &put),
+            authorize(&admin, "Scan", &scan(b"", b"")),
+            authorize(&admin, "CreateUser", &pb::CreateUserRequest::default()),
+            authorize(
+                &Identity::Anyone,
+                "DropKeyspace",
+                &pb::DropKeyspaceRequest::default(),
+            ),
+        ] {
+            assert!(allowed.is_ok(), "{allowed:?}");
+        }
+        assert!(pb::CreateUserRequest::default().is_change());
+        assert!(!pb::ListKeyspacesRequest::default().is_change());
+        assert!(!put.is_change());
         assert_eq!(get("t/1").target(), "key \"t/1\" of keyspace \"default\"");
     }
 

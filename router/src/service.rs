@@ -167,7 +167,7 @@ where
         Ok(identity) => identity,
         Err(e) => return finish(metrics, method, Err(e)).map(Response::new),
     };
-    let change = matches!(req.need(), auth::Need::Admin).then(|| req.target());
+    let change = req.is_change().then(|| req.target());
     let result = op(router.clone(), req, deadline).await;
     if let Some(target) = change {
         router.audit_change(
