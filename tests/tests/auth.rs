@@ -565,3 +565,87 @@ async fn a_bad_bootstrap_token_file_is_refused() {
     }
     cleanup_dir(&dir);
 }
+
+/// Over TLS a client certificate (role `client`) is an identity: its common name is the user,
+/// known only once a user of that name exists; a token sent beside it wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_its_user() {
+    let dir = test_dir("auth-cert").expect("test dir");
+    let token_file = dir.join("admin-token");
+    let out = kvctl(
+        "http://127.0.0.1:1",
+        [
+            "auth".as_ref(),
+            "token-new".as_ref(),
+            "--file".as_ref(),
+            token_file.as_os_str(),
+        ],
+    )
+    .await
+    .unwrap();
+    expect_exit("auth token-new", &out, 0);
+    let admin_token = text(&out.stdout).trim().to_string();
+    let cluster = Cluster::start(ClusterOptions {
+        shards: 1,
+        tls: true,
+        node_args: vec![
+            "--bootstrap-admin-token-file".into(),
+            token_file.display().to_string(),
+        ],
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("cluster starts");
+    // `kvctl certs create` names the client certificate `kvclient`.
+    let cert = cluster.client();
+    unauthenticated(
+        "an unknown certificate user",
+        cert.get("k").await,
+        "\"kvclient\"",
+    );
+    let no_cert = cluster.client_with(ClientOptions {
+        tls: cluster.client_tls().map(|t| kv_proto::tls::ClientTls {
+            identity: None,
+            ..t
+        }),
+        ..ClientOptions::default()
+    });
+    unauthenticated(
+        "TLS without a certificate",
+        no_cert.get("k").await,
+        "no credential",
+    );
+
+    let admin = cluster.client_with(ClientOptions {
+        token: Some(admin_token.as_str().into()),
+        ..ClientOptions::default()
+    });
+    assert_eq!(
+        admin.who_am_i().await.unwrap().user,
+        "admin",
+        "the token wins"
+    );
+    admin.put("k", "v").await.unwrap();
+    admin.create_role("reader", false).await.unwrap();
+    let read_all = Grant {
+        keyspace: String::new(),
+        prefix: Default::default(),
+        access: "read".into(),
+    };
+    admin.grant("reader", &read_all).await.unwrap();
+    let (_, token) = admin
+        .create_user("kvclient", &["reader".into()], false, 0)
+        .await
+        .unwrap();
+    assert!(token.is_none());
+
+    assert_eq!(cert.who_am_i().await.unwrap().user, "kvclient");
+    assert_eq!(cert.get("k").await.unwrap().unwrap().value, "v");
+    denied(
+        "a read-only certificate user writes",
+        cert.put("k", "w").await,
+        &["\"kvclient\"", "Put", "write"],
+    );
+    drop(cluster);
+    cleanup_dir(&dir);
+}
