@@ -361,12 +361,24 @@ async fn refuses_and_allows_as_granted_and_audits() {
             .await,
         "expired",
     );
+    // A stream opened before the revocation is checked call by call, so it stops too.
+    let open_stream = client(&endpoint, Some(&bob_token), true);
+    assert!(open_stream
+        .get_with("t1/x", &ks_read("kb"))
+        .await
+        .unwrap()
+        .is_some());
     admin.revoke_token(&bob_token).await.unwrap();
     unauthenticated(
         "revoked token",
         client(&endpoint, Some(&bob_token), true)
             .get_with("t1/x", &ks_read("kb"))
             .await,
+        "unknown or revoked token",
+    );
+    unauthenticated(
+        "revoked token on an open stream",
+        open_stream.get_with("t1/x", &ks_read("kb")).await,
         "unknown or revoked token",
     );
     // The admin cannot lock everyone out.
