@@ -1,5 +1,5 @@
 //! The `kv.v1.Admin` gRPC service: thin handlers over the keyspace operations of the
-//! [`Router`] (in `keyspaces`) and the user, role and token operations (in `service::users`),
+//! [`Router`] (in `keyspaces`) and the user, role and token operations (in `users`),
 //! with the same deadline, auth check, counting and error mapping as the `Kv` service.
 
 use std::sync::Arc;
@@ -17,9 +17,9 @@ use kv_proto::kv::{
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::error::to_status;
 use crate::retry::request_budget;
-use crate::service::auth::Caller;
 
 use crate::metrics::{Method, Metrics};
 use crate::routing::Router;

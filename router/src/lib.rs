@@ -19,6 +19,8 @@
 //! - `session`: session tokens (merging, the per-group entry an eventual read must have
 //!   applied) and the order in which eventual reads try replicas.
 //! - `pool`: one lazily connected gRPC channel per node.
+//! - [`auth`]: who a caller is (bearer token or client certificate) and what its roles grant;
+//!   `users`: the user, role and token admin calls; [`audit`]: the audit log.
 //! - [`error`]: [`RouterError`], and the single function that turns it into a gRPC status.
 //! - `http` and `metrics`: `/health`, `/ready`, `/metrics`.
 //! - [`config`]: [`Config`] and the duration syntax of the flags.
@@ -27,6 +29,8 @@
 //! clients so that they can never disagree.
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod error;
 #[cfg(test)]
@@ -42,6 +46,7 @@ mod retry;
 mod routing;
 pub mod service;
 mod session;
+mod users;
 
 use std::sync::Arc;
 

@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     config.tls = kv_proto::tls::TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)?;
 
     if let Some(path) = &args.audit_log {
-        kvrouter::service::audit::AuditLog::open(path)
+        kvrouter::audit::AuditLog::open(path)
             .await?
             .install()?;
     }

@@ -253,7 +253,7 @@ impl Metrics {
                 r.label()
             );
         }
-        let (dropped, written, failed) = crate::service::audit::counters();
+        let (dropped, written, failed) = crate::audit::counters();
         for (name, help, value) in [
             (
                 "kvrouter_audit_records_total",

@@ -96,8 +96,8 @@ pub struct Router {
     pub(crate) limits: Limits,
     /// Rotates eventual reads over each group's followers.
     next_replica: AtomicUsize,
-    /// The auth index of the map in use (see `service::auth`).
-    pub(crate) auth: crate::service::auth::Gate,
+    /// The auth index of the map in use (see `auth`).
+    pub(crate) auth: crate::auth::Gate,
 }
 
 /// How a read is served: strong reads go to the leader; eventual reads to a replica of the

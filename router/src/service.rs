@@ -24,17 +24,7 @@ use crate::metrics::{Method, Metrics};
 use crate::retry::{request_budget, stream_call_budget};
 use crate::routing::Router;
 
-// Authentication, authorization and the audit log sit beside the handlers that call them.
-// Declared here rather than in lib.rs only while lib.rs is being reworked for TLS; lib.rs is
-// their natural home (the files are already where it would look for them).
-#[path = "audit.rs"]
-pub mod audit;
-#[path = "auth.rs"]
-pub mod auth;
-#[path = "users.rs"]
-mod users;
-
-use auth::{Authorize, Caller};
+use crate::auth::{Authorize, Caller};
 
 /// The public KV service.
 #[derive(Debug, Clone)]
