@@ -457,6 +457,38 @@ async fn refuses_and_allows_as_granted_and_audits() {
         text(&out.stdout)
     );
 
+    // kvctl bench sends the token too (it builds clients of its own).
+    let out = kvctl(
+        &endpoint,
+        [
+            "--token",
+            admin_token.as_str(),
+            "bench",
+            "--workload",
+            "mixed",
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+            "--keys",
+            "50",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .unwrap();
+    expect_exit("kvctl bench with a token", &out, 0);
+    let bench: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .rsplit(|b| *b == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bench["errors"], 0, "bench with a token: {bench}");
+    assert!(bench["ops_per_s"].as_f64().unwrap() > 0.0, "{bench}");
+
     // The admin can drop what it made.
     admin.drop_keyspace("kb", true).await.unwrap();
 

@@ -83,16 +83,17 @@ impl Global {
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty());
-        Client::with_options(
-            endpoints,
-            ClientOptions {
-                timeout: self.timeout,
-                tls: self.tls()?,
-                token: self.token.clone().map(Into::into),
-                ..ClientOptions::default()
-            },
-        )
-        .context("--router")
+        Client::with_options(endpoints, self.client_options()?).context("--router")
+    }
+
+    /// What every client kvctl makes is given: the timeout, TLS files and token.
+    pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
+        Ok(ClientOptions {
+            timeout: self.timeout,
+            tls: self.tls()?,
+            token: self.token.clone().map(Into::into),
+            ..ClientOptions::default()
+        })
     }
 }
 

@@ -96,19 +96,12 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<Outcome> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let tls = global.tls()?;
+    let options = ClientOptions {
+        coalesce: !args.no_coalesce,
+        ..global.client_options()?
+    };
     let clients = (0..args.connections)
-        .map(|_| {
-            Client::with_options(
-                endpoints.clone(),
-                ClientOptions {
-                    timeout: global.timeout,
-                    coalesce: !args.no_coalesce,
-                    tls: tls.clone(),
-                    ..ClientOptions::default()
-                },
-            )
-        })
+        .map(|_| Client::with_options(endpoints.clone(), options.clone()))
         .collect::<Result<Vec<_>, _>>()
         .context("--router")?;
     let value = Bytes::from(vec![b'v'; args.value_size]);
