@@ -14,6 +14,7 @@
 //! - [`cluster`]: a whole cluster, plus the questions tests ask of it (leaders, group status).
 //! - [`wait`]: polling helpers; tests never sleep a fixed time.
 //! - [`data`]: keys, values and bulk load/verify helpers.
+//! - [`forge`]: Raft messages an attacker would forge (votes, heartbeats, appends).
 //! - [`netns`]: a network namespace per process on a per-cluster bridge, and partitions as
 //!   nft DROP rules on that bridge (clusters started with `netns: true`; needs root).
 //! - [`linearizability`]: a recording client and a Wing-Gong checker of strong operations
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod bins;
 pub mod cluster;
 pub mod data;
+pub mod forge;
 pub mod linearizability;
 pub mod nemesis;
 pub mod netns;

@@ -19,51 +19,13 @@ use kv_proto::node::{
 };
 use kv_proto::peer::CertRole;
 use kv_proto::tls::{ClientAuth, TlsCerts, TlsFiles};
-use kvnode::types::{Entry, LogId, NodeId, Op, Request, TypeConfig};
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::{CommittedLeaderId, EntryPayload, Vote};
 use rustls_pki_types::pem::PemObject;
 
 use cluster_tests::cluster::kvctl;
+use cluster_tests::forge::{forged_append, heartbeat, vote};
 use cluster_tests::node::node_channel;
 use cluster_tests::probe::http_get;
 use cluster_tests::{Cluster, ClusterOptions};
-
-fn vote(term: u64, from: NodeId) -> Vec<u8> {
-    bincode::serialize(&VoteRequest::new(Vote::new(term, from), None)).expect("encode")
-}
-
-fn heartbeat(term: u64, from: NodeId) -> Vec<u8> {
-    let rpc = AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(term, from),
-        prev_log_id: None,
-        entries: Vec::new(),
-        leader_commit: None,
-    };
-    bincode::serialize(&rpc).expect("encode")
-}
-
-/// An append from `leader` in `term` carrying a made-up write at `index`, committed at once.
-fn forged_append(term: u64, leader: NodeId, index: u64) -> Vec<u8> {
-    let entry = Entry {
-        log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
-        payload: EntryPayload::Normal(Request::Write {
-            ops: vec![Op::Put {
-                key: b"k".to_vec(),
-                value: b"forged".to_vec(),
-                expected_version: None,
-            }],
-            dedup: None,
-        }),
-    };
-    let rpc = AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(term, leader),
-        prev_log_id: Some(LogId::new(CommittedLeaderId::new(term, leader), index - 1)),
-        leader_commit: Some(LogId::new(CommittedLeaderId::new(term, leader), index)),
-        entries: vec![entry],
-    };
-    bincode::serialize(&rpc).expect("encode")
-}
 
 /// The files of role `role` in a `kvctl certs create` dir.
 fn files(dir: &Path, role: &str) -> TlsFiles {
@@ -103,9 +65,15 @@ async fn attack(
     };
     refused(
         "append of a forged entry",
-        raft.append_entries(raft_request(forged_append(term, leader, last + 1)))
-            .await
-            .map(drop),
+        raft.append_entries(raft_request(forged_append(
+            term,
+            leader,
+            last + 1,
+            b"k",
+            b"forged",
+        )))
+        .await
+        .map(drop),
     );
     refused(
         "vote with term 2^64-1",

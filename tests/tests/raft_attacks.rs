@@ -7,10 +7,8 @@
 
 use kv_proto::node::raft_client::RaftClient;
 use kv_proto::node::RaftRequest;
-use kvnode::types::{NodeId, TypeConfig};
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::Vote;
 
+use cluster_tests::forge::{heartbeat, vote};
 use cluster_tests::{Cluster, ClusterOptions, READY_TIMEOUT};
 
 /// Sends `payload` to `method` of node `addr` for `group`; the refusal's status.
@@ -30,20 +28,6 @@ async fn send(addr: &str, method: &str, group: u64, payload: Vec<u8>) -> tonic::
         Ok(r) => panic!("{method} for group {group} was taken: {:?}", r.into_inner()),
         Err(status) => status,
     }
-}
-
-fn vote(term: u64, from: NodeId) -> Vec<u8> {
-    bincode::serialize(&VoteRequest::new(Vote::new(term, from), None)).expect("encode")
-}
-
-fn heartbeat(term: u64, from: NodeId) -> Vec<u8> {
-    let rpc = AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(term, from),
-        prev_log_id: None,
-        entries: Vec::new(),
-        leader_commit: None,
-    };
-    bincode::serialize(&rpc).expect("encode")
 }
 
 fn assert_refused(status: &tonic::Status, code: tonic::Code, what: &str, diag: &str) {
