@@ -34,7 +34,6 @@ pub use pb::kv::node::v1 as node;
 /// Public KV API.
 pub use pb::kv::v1 as kv;
 
-
 /// Bytes of keys and values past which a scan page ends (with `more` set), on nodes and on
 /// routers merging groups' pages: a scan of large values with a high limit would otherwise
 /// build a response of gigabytes. A page holds at least one key, so it can always advance.

@@ -94,9 +94,7 @@ async fn main() -> anyhow::Result<()> {
     config.tls = kv_proto::tls::TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)?;
 
     if let Some(path) = &args.audit_log {
-        kvrouter::audit::AuditLog::open(path)
-            .await?
-            .install()?;
+        kvrouter::audit::AuditLog::open(path).await?.install()?;
     }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
