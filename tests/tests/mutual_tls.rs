@@ -184,13 +184,25 @@ async fn callers_without_a_cluster_certificate_are_refused_and_change_nothing() 
         "every group has a leader: {before:?} {diag}"
     );
     let stranger = files(&other, "node");
+    // The CA certificate is public: an attacker can trust ours and still present its own.
+    let stranger_trusting_ours = TlsFiles {
+        ca: certs.join("ca.pem"),
+        ..stranger.clone()
+    };
     let client_cert = files(&certs, "client");
     let router_cert = files(&certs, "router");
     for node in cluster.nodes() {
         let addr = node.addr();
         for (&group, &state) in &before {
             // No certificate, or one from another CA: no call gets through the handshake.
-            for (who, tls) in [("plaintext", None), ("another CA's node", Some(&stranger))] {
+            for (who, tls) in [
+                ("plaintext", None),
+                ("another CA's node", Some(&stranger)),
+                (
+                    "another CA's node trusting ours",
+                    Some(&stranger_trusting_ours),
+                ),
+            ] {
                 let reached = attack(who, addr, tls, group, state, &diag).await;
                 // Those that got as far as a call fail in the transport (the server's TLS
                 // alert read as HTTP/2), never with an answer of the node's.

@@ -103,7 +103,7 @@ mod tests {
     use tower_service::Service;
 
     use super::super::testing::Ca;
-    use super::super::{incoming, ClientAuth, TlsCerts};
+    use super::super::{incoming, ClientAuth, TlsCerts, TlsFiles};
     use super::*;
 
     struct Server {
@@ -233,5 +233,90 @@ mod tests {
         let _second = connector.call(server.uri.clone()).await.unwrap();
         let second = server.accepted.next().await.unwrap().unwrap();
         assert_eq!(second.connect_info().cert.unwrap().name, "client-rotated");
+    }
+
+    /// A CA rotation, step by step: both CAs trusted everywhere, every certificate reissued
+    /// from the new CA, the old CA dropped. A connection works at every step and after it.
+    #[tokio::test]
+    async fn a_ca_is_rotated_through_a_bundle_of_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (Ca::new("old"), Ca::new("new"));
+        let server_files = old.write(dir.path(), "server", Some(CertRole::Node));
+        let client_files = old.write(dir.path(), "client", Some(CertRole::Node));
+        let server = TlsCerts::load(server_files.clone(), ClientAuth::Required, None).unwrap();
+        let client = TlsCerts::load(client_files.clone(), ClientAuth::Required, None).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let mut accepted = incoming(listener, Some(server.clone()));
+        let mut dial = connector(client.clone(), Some(CertRole::Node));
+        let mut connects = |step: &'static str| {
+            let (uri, fut) = (uri.clone(), dial.call(uri.clone()));
+            async move {
+                fut.await
+                    .unwrap_or_else(|e| panic!("{step}: dialing {uri}: {e}"));
+            }
+        };
+        let swap = |files: &TlsFiles, ca: &str, leaf: Option<(String, String)>| {
+            std::fs::write(&files.ca, ca).unwrap();
+            if let Some((cert, key)) = leaf {
+                std::fs::write(&files.key, key).unwrap();
+                std::fs::write(&files.cert, cert).unwrap();
+            }
+        };
+        connects("before").await;
+        assert!(accepted.next().await.is_some());
+
+        // 1. Both CAs trusted by everyone.
+        let bundle = format!("{}{}", old.pem, new.pem);
+        swap(&server_files, &bundle, None);
+        swap(&client_files, &bundle, None);
+        assert!(server.reload_if_changed().unwrap() && client.reload_if_changed().unwrap());
+        connects("both trusted").await;
+        assert!(accepted.next().await.is_some());
+
+        // 2. Every certificate reissued by the new CA: old and new meet, both trusted.
+        swap(
+            &server_files,
+            &bundle,
+            Some(new.leaf(Some(CertRole::Node), "server")),
+        );
+        assert!(server.reload_if_changed().unwrap());
+        connects("server reissued").await;
+        assert!(accepted.next().await.is_some());
+        swap(
+            &client_files,
+            &bundle,
+            Some(new.leaf(Some(CertRole::Node), "client")),
+        );
+        assert!(client.reload_if_changed().unwrap());
+        connects("all reissued").await;
+        assert!(accepted.next().await.is_some());
+
+        // 3. The old CA dropped: only the new one is trusted, and still everything connects.
+        swap(&server_files, &new.pem, None);
+        swap(&client_files, &new.pem, None);
+        assert!(server.reload_if_changed().unwrap() && client.reload_if_changed().unwrap());
+        connects("old CA dropped").await;
+        assert!(accepted.next().await.is_some());
+
+        // An old-CA certificate is now refused by the server (in TLS 1.3 the client's side of
+        // the handshake ends first, so the refusal shows on the server).
+        let stale = old.write(dir.path(), "stale", Some(CertRole::Node));
+        let stale = TlsCerts::load(stale, ClientAuth::Required, None).unwrap();
+        std::fs::write(&stale.files().ca, &new.pem).unwrap();
+        assert!(stale.reload_if_changed().unwrap());
+        let _ = connector(stale, None).call(uri.clone()).await;
+        let handed_over =
+            tokio::time::timeout(std::time::Duration::from_millis(500), accepted.next()).await;
+        assert!(handed_over.is_err(), "an old-CA client was accepted");
+        assert_eq!(
+            server
+                .stats
+                .handshake_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 }
