@@ -35,7 +35,7 @@ use super::audit::{self, AuditRecord};
 pub const AUTHORIZATION: &str = "authorization";
 
 /// What a request offers as proof of who it is, read from its metadata and connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Caller {
     /// The `authorization` header's value, as sent.
     pub authorization: Option<String>,
@@ -43,6 +43,30 @@ pub struct Caller {
     pub cert_user: Option<String>,
     /// The peer's address, for the audit log.
     pub addr: Option<SocketAddr>,
+    /// The identity these credentials were last found to be, under which map epoch and until
+    /// when: a call stream's `Caller` serves all its calls, and the identity cannot change
+    /// without a new epoch (a revoked token, a changed grant) or the token's expiry, so the
+    /// calls after the first skip the token's parse and hash.
+    verified: std::sync::Mutex<Option<Verified>>,
+}
+
+#[derive(Debug, Clone)]
+struct Verified {
+    epoch: u64,
+    /// Wall-clock ms past which the token is expired (`u64::MAX`: never).
+    until_ms: u64,
+    identity: Identity,
+}
+
+impl Clone for Caller {
+    fn clone(&self) -> Caller {
+        Caller {
+            authorization: self.authorization.clone(),
+            cert_user: self.cert_user.clone(),
+            addr: self.addr,
+            verified: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 impl Caller {
@@ -59,7 +83,24 @@ impl Caller {
                 .map(|v| v.to_str().unwrap_or("<not ASCII>").to_string()),
             cert_user,
             addr: peer.and_then(|p| p.addr).or_else(|| request.remote_addr()),
+            verified: std::sync::Mutex::new(None),
         }
+    }
+
+    fn remembered(&self, epoch: u64, now_ms: u64) -> Option<Identity> {
+        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        verified
+            .as_ref()
+            .filter(|v| v.epoch == epoch && now_ms < v.until_ms)
+            .map(|v| v.identity.clone())
+    }
+
+    fn remember(&self, epoch: u64, until_ms: u64, identity: &Identity) {
+        *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some(Verified {
+            epoch,
+            until_ms,
+            identity: identity.clone(),
+        });
     }
 
     fn peer(&self) -> String {
@@ -317,6 +358,11 @@ impl Router {
         deadline: Instant,
     ) -> Result<Identity, RouterError> {
         let map = self.maps.wait(deadline).await?;
+        let epoch = map.map.epoch;
+        let now = now_ms();
+        if let Some(identity) = caller.remembered(epoch, now) {
+            return Ok(identity);
+        }
         let index = self.auth.index(&map);
         if !index.enabled {
             return Ok(Identity::Anyone);
@@ -331,9 +377,9 @@ impl Router {
                     "the authorization header must be \"Bearer <token>\"".into(),
                 ));
             };
-            index.authenticate_token(token.trim(), now_ms())
+            index.authenticate_token_until(token.trim(), now)
         } else if let Some(name) = &caller.cert_user {
-            index.user(name)
+            index.user(name).map(|user| (user, None))
         } else {
             return Err(unauthenticated(
                 DenyReason::NoCredential,
@@ -343,7 +389,11 @@ impl Router {
             ));
         };
         match found {
-            Ok(user) => Ok(Identity::User(user.clone())),
+            Ok((user, expires_at_ms)) => {
+                let identity = Identity::User(user.clone());
+                caller.remember(epoch, expires_at_ms.unwrap_or(u64::MAX), &identity);
+                Ok(identity)
+            }
             Err(e) => Err(unauthenticated(deny_reason(&e), e.to_string())),
         }
     }
@@ -584,6 +634,24 @@ mod tests {
         assert!(!pb::ListKeyspacesRequest::default().is_change());
         assert!(!put.is_change());
         assert_eq!(get("t/1").target(), "key \"t/1\" of keyspace \"default\"");
+    }
+
+    #[test]
+    fn a_verified_identity_is_remembered_for_its_epoch_and_until_it_expires() {
+        let caller = Caller::default();
+        let who = Identity::User(Authenticated {
+            user: "u".into(),
+            permissions: Default::default(),
+        });
+        assert!(caller.remembered(3, 0).is_none());
+        caller.remember(3, 1_000, &who);
+        assert_eq!(caller.remembered(3, 999).unwrap().name(), "u");
+        assert!(caller.remembered(3, 1_000).is_none(), "expired");
+        assert!(caller.remembered(4, 10).is_none(), "another epoch");
+        assert!(
+            caller.clone().remembered(3, 10).is_none(),
+            "a clone starts afresh"
+        );
     }
 
     #[test]

@@ -361,6 +361,21 @@ async fn refuses_and_allows_as_granted_and_audits() {
             .await,
         "expired",
     );
+    // A token that expires while its stream is open stops working on that stream too (the
+    // router remembers a verified token per stream, but only until it expires).
+    let expiring = admin.issue_token("bob", 1_500).await.unwrap();
+    let expiring_stream = client(&endpoint, Some(&expiring.token), true);
+    assert!(expiring_stream
+        .get_with("t1/x", &ks_read("kb"))
+        .await
+        .unwrap()
+        .is_some());
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    unauthenticated(
+        "token expired on an open stream",
+        expiring_stream.get_with("t1/x", &ks_read("kb")).await,
+        "expired",
+    );
     // A stream opened before the revocation is checked call by call, so it stops too.
     let open_stream = client(&endpoint, Some(&bob_token), true);
     assert!(open_stream

@@ -783,6 +783,17 @@ impl AuthIndex {
         text: &str,
         now_ms: u64,
     ) -> Result<&Authenticated, AuthnError> {
+        self.authenticate_token_until(text, now_ms)
+            .map(|(user, _)| user)
+    }
+
+    /// As [`AuthIndex::authenticate_token`], with the time the token expires (`None`: never),
+    /// for callers that remember a verified token until then.
+    pub fn authenticate_token_until(
+        &self,
+        text: &str,
+        now_ms: u64,
+    ) -> Result<(&Authenticated, Option<u64>), AuthnError> {
         let token = Token::parse(text).map_err(AuthnError::Malformed)?;
         let entry = self
             .tokens
@@ -801,6 +812,7 @@ impl AuthIndex {
         }
         self.users
             .get(&*entry.user)
+            .map(|user| (user, entry.expires_at_ms))
             .ok_or_else(|| AuthnError::UnknownUser(entry.user.to_string()))
     }
 
