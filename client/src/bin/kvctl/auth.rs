@@ -10,7 +10,7 @@ use serde_json::json;
 use shardmap::Token;
 
 use crate::args::Global;
-use crate::output::{self, OutputFormat};
+use crate::output;
 use crate::Outcome;
 
 /// Authentication: bootstrap tokens, who am I, on and off.
@@ -91,12 +91,7 @@ pub async fn run(args: AuthArgs, global: &Global) -> anyhow::Result<Outcome> {
             )
         }
     };
-    let mut out = std::io::stdout().lock();
-    match global.output {
-        OutputFormat::Text => out.write_all(text.as_bytes())?,
-        OutputFormat::Json => output::write_json(&mut out, &json)?,
-    }
-    out.flush()?;
+    output::print(global.output, &text, &json)?;
     Ok(Outcome::Success)
 }
 

@@ -25,6 +25,16 @@ pub fn write_json(out: &mut dyn Write, value: &Value) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
+/// Prints a command's answer to stdout: `text` as it is, or `json` on one line.
+pub fn print(format: OutputFormat, text: &str, json: &Value) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match format {
+        OutputFormat::Text => out.write_all(text.as_bytes())?,
+        OutputFormat::Json => write_json(&mut out, json)?,
+    }
+    out.flush()
+}
+
 /// Writes bytes as they are, then a newline.
 pub fn write_line(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
     out.write_all(bytes)?;

@@ -1,13 +1,11 @@
 //! `kvctl role create|list|delete`: roles, which users hold and grants are given to.
 
-use std::io::Write;
-
 use clap::{Args, Subcommand};
 use kvclient::RoleInfo;
 use serde_json::{json, Value};
 
 use crate::args::Global;
-use crate::output::{self, display_key, OutputFormat};
+use crate::output::{self, display_key};
 use crate::Outcome;
 
 /// Manage roles.
@@ -91,12 +89,7 @@ pub async fn run(args: RoleArgs, global: &Global) -> anyhow::Result<Outcome> {
             )
         }
     };
-    let mut out = std::io::stdout().lock();
-    match global.output {
-        OutputFormat::Text => out.write_all(text.as_bytes())?,
-        OutputFormat::Json => output::write_json(&mut out, &json)?,
-    }
-    out.flush()?;
+    output::print(global.output, &text, &json)?;
     Ok(Outcome::Success)
 }
 

@@ -3,14 +3,12 @@
 //! A token's text is printed once, by `create` and `token`: the cluster keeps only its hash,
 //! so it can never be shown again (issue another and revoke the old one instead).
 
-use std::io::Write;
-
 use clap::{Args, Subcommand};
 use kvclient::{TokenInfo, UserInfo};
 use serde_json::{json, Value};
 
 use crate::args::{parse_duration, Global};
-use crate::output::{self, OutputFormat};
+use crate::output;
 use crate::Outcome;
 
 /// Manage users and their access tokens.
@@ -155,12 +153,7 @@ pub async fn run(args: UserArgs, global: &Global) -> anyhow::Result<Outcome> {
             (user_line(&user), user_json(&user))
         }
     };
-    let mut out = std::io::stdout().lock();
-    match global.output {
-        OutputFormat::Text => out.write_all(text.as_bytes())?,
-        OutputFormat::Json => output::write_json(&mut out, &json)?,
-    }
-    out.flush()?;
+    output::print(global.output, &text, &json)?;
     Ok(Outcome::Success)
 }
 
